@@ -1,0 +1,96 @@
+"""Every patch that ParlAI 1.7.2 needs on today's stack (torch 2.13, numpy 2, ...).
+
+Nothing here edits site-packages: each patch is a function of the freshly imported ParlAI
+module, applied by `registration` right after that module loads (or at once, if it was
+loaded before).  Each names the breakage it fixes; tests/test_compat.py shows each one is
+needed.  This module imports nothing heavy at top level: it is imported at interpreter
+start by the .pth hook.
+"""
+import contextlib
+import copy
+
+
+def fix_reduce_on_plateau(lr_scheduler):
+    """torch >= 2.7 removed `ReduceLROnPlateau(verbose=...)`, which ParlAI's default
+    `--lr-scheduler reduceonplateau` passes: `TypeError: ... unexpected keyword argument
+    'verbose'` as soon as any agent builds its optimizer."""
+    from torch import optim
+
+    def __init__(self, optimizer, patience, decay, warmup_updates, warmup_rate):
+        lr_scheduler.ParlAILRScheduler.__init__(self, warmup_updates, warmup_rate)
+        self.scheduler = optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, "min", factor=decay, patience=patience
+        )
+
+    lr_scheduler.ReduceOnPlateauLRScheduler.__init__ = __init__
+
+
+def fix_distributed_on_cpu(distributed):
+    """ParlAI's `distributed_context` hard-codes the NCCL backend, divides the rank by
+    `torch.cuda.device_count()` and calls `torch.cuda.init()`: `parlai
+    multiprocessing_train` dies with ZeroDivisionError on a machine without a GPU.  With
+    no GPU, use the gloo backend and leave CUDA alone; with GPUs, ParlAI's own code."""
+    import torch
+
+    cuda_context = distributed.distributed_context
+
+    @contextlib.contextmanager
+    def distributed_context(rank, opt, rank_offset=0, gpu=None, init_method="tcp://localhost:61337"):
+        if torch.cuda.is_available() and not opt.get("no_cuda"):
+            with cuda_context(rank, opt, rank_offset, gpu, init_method) as new_opt:
+                yield new_opt
+            return
+        import torch.distributed as dist
+        from parlai.utils import logging
+
+        opt = copy.deepcopy(opt)
+        rank = rank + rank_offset
+        opt["rank"] = rank
+        opt["gpu"] = -1
+        opt["no_cuda"] = True
+        opt.setdefault("override", {})
+        opt["override"]["gpu"] = -1
+        opt["override"]["no_cuda"] = True
+        verbose = opt.get("verbose")
+        prefix = "rank:{:3d} |".format(rank) if verbose or rank != 0 else None
+        with distributed.override_print(not verbose and rank != 0, prefix):
+            dist.init_process_group(
+                backend="gloo",
+                init_method=init_method,
+                world_size=opt["distributed_world_size"],
+                rank=rank,
+            )
+            logging.info("Distributed group initialized (gloo, CPU)")
+            torch.manual_seed(42)
+            distributed.sync_object(None)
+            try:
+                yield opt
+            finally:
+                dist.destroy_process_group()
+
+    distributed.distributed_context = distributed_context
+
+
+def fix_mp_train_default_world_size(mp_train):
+    """`parlai multiprocessing_train` defaults `--distributed-world-size` to
+    `torch.cuda.device_count()`, which is 0 without a GPU and makes it spawn -1
+    processes; default to 2 CPU workers instead."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    setup_args = mp_train.setup_args
+
+    def setup_args_cpu():
+        parser = setup_args()
+        parser.set_defaults(distributed_world_size=2)
+        return parser
+
+    mp_train.setup_args = setup_args_cpu
+
+
+PATCHES = {
+    "parlai.nn.lr_scheduler": fix_reduce_on_plateau,
+    "parlai.utils.distributed": fix_distributed_on_cpu,
+    "parlai.scripts.multiprocessing_train": fix_mp_train_default_world_size,
+}

