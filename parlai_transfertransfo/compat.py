@@ -27,10 +27,23 @@ def fix_reduce_on_plateau(lr_scheduler):
 
 def fix_distributed_on_cpu(distributed):
     """ParlAI's `distributed_context` hard-codes the NCCL backend, divides the rank by
-    `torch.cuda.device_count()` and calls `torch.cuda.init()`: `parlai
-    multiprocessing_train` dies with ZeroDivisionError on a machine without a GPU.  With
-    no GPU, use the gloo backend and leave CUDA alone; with GPUs, ParlAI's own code."""
+    `torch.cuda.device_count()` and calls `torch.cuda.init()`, and `all_gather_list`
+    (behind `sync_object`) builds CUDA tensors: `parlai multiprocessing_train` dies with
+    ZeroDivisionError on a machine without a GPU.  With no GPU, use the gloo backend and
+    torch's CPU object collectives; with GPUs, ParlAI's own code."""
     import torch
+    import torch.distributed as dist
+
+    cuda_all_gather_list = distributed.all_gather_list
+
+    def all_gather_list(data):
+        if distributed.is_distributed() and dist.get_backend() == "gloo":
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, data)
+            return gathered
+        return cuda_all_gather_list(data)
+
+    distributed.all_gather_list = all_gather_list
 
     cuda_context = distributed.distributed_context
 
@@ -40,7 +53,6 @@ def fix_distributed_on_cpu(distributed):
             with cuda_context(rank, opt, rank_offset, gpu, init_method) as new_opt:
                 yield new_opt
             return
-        import torch.distributed as dist
         from parlai.utils import logging
 
         opt = copy.deepcopy(opt)
