@@ -89,6 +89,9 @@ setup(
         "parlai_transfertransfo.zoo",
         "parlai_transfertransfo.zoo.transfertransfo",
         "parlai_transfertransfo.tasks",
+        "parlai_transfertransfo.tasks.convai2_file",
+        "parlai_transfertransfo.tasks.personachat_json",
+        "parlai_transfertransfo.data",
     ],
     package_dir={
         "parlai_transfertransfo.zoo": "zoo",

@@ -101,8 +101,19 @@ def fix_mp_train_default_world_size(mp_train):
     mp_train.setup_args = setup_args_cpu
 
 
+def guard_convai2_teachers(agents):
+    """ParlAI's convai2 teachers retry a download that cannot work offline (~15 s) and
+    then raise a traceback; a variant whose file is not installed dies with
+    FileNotFoundError.  Both become one line that says how to install the files
+    (`parlai install_convai2`)."""
+    from parlai_transfertransfo.data.convai2 import guard_convai2_teachers as guard
+
+    guard(agents)
+
+
 PATCHES = {
     "parlai.nn.lr_scheduler": fix_reduce_on_plateau,
     "parlai.utils.distributed": fix_distributed_on_cpu,
     "parlai.scripts.multiprocessing_train": fix_mp_train_default_world_size,
+    "parlai.tasks.convai2.agents": guard_convai2_teachers,
 }

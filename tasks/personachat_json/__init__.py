@@ -1,0 +1,1 @@
+"""`-t personachat_json`: the recipe's personachat_self_original.json, served like `-t convai2`."""
