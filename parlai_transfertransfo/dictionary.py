@@ -159,7 +159,10 @@ class TransfertransfoDictionaryAgent(DictionaryAgent):
                         "--model-name is required: a Hugging Face hub id or a local "
                         "directory saved with save_pretrained"
                     )
-                self._use(load_tokenizer(opt["model_name"]))
+                from parlai_transfertransfo.backbones import resolve_weights
+
+                # short names (smollm2-135m) resolve to a folder converted under datapath
+                self._use(load_tokenizer(resolve_weights(opt["model_name"], opt.get("datapath"))))
             self.freq = {tok: 1 for tok in self.tok2ind}
         self.minfreq = opt.get("dict_minfreq", DictionaryAgent.default_minfreq)
         self.maxtokens = opt.get("dict_maxtokens", DictionaryAgent.default_maxtokens)

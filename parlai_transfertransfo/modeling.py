@@ -1,0 +1,303 @@
+"""Double heads (next-token LM + next-utterance classification) over three kinds of backbone.
+
+- GPT-2: transformers' `GPT2DoubleHeadsModel` (its `multiple_choice_head`; token types
+  through `wte`, as the model does itself).
+- OpenAI GPT: `OpenAIGPTDoubleHeadsModel`. It has no KV cache in transformers 5.
+- Llama-family causal LMs: the LM plus our own MC head, `nn.Linear(hidden, 1)`, with
+  segments added the GPT way: `inputs_embeds = embed(ids) + embed(token_type_ids)`.
+
+Two ways in. `forward` runs whole (right-padded) sequences for training. `encode_prefix` /
+`extend` / `select` / `score_candidates` run a shared context once and continue from its
+KV cache, for incremental decoding and for ranking candidates as continuations.
+"""
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from parlai_transfertransfo.errors import TransfertransfoError
+
+GPT_DOUBLE_HEADS = {"gpt2": "GPT2DoubleHeadsModel", "openai-gpt": "OpenAIGPTDoubleHeadsModel"}
+# Decoder-only families whose base model takes (inputs_embeds, attention_mask, position_ids,
+# cache) and keeps a plain per-layer key/value cache: the Llama recipe and its close kin.
+CAUSAL_LM_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite", "phi3")
+SUPPORTED = tuple(GPT_DOUBLE_HEADS) + CAUSAL_LM_FAMILY
+
+
+def check_supported(config):
+    """Fail in one line, naming the architecture, before any weights are built."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED:
+        raise TransfertransfoError(
+            f"unsupported architecture '{model_type}': supported are {', '.join(SUPPORTED)}"
+        )
+    return model_type
+
+
+def lm_class_for(config):
+    """The transformers class that holds the pretrained weights for this config."""
+    import transformers
+
+    model_type = check_supported(config)
+    if model_type in GPT_DOUBLE_HEADS:
+        return getattr(transformers, GPT_DOUBLE_HEADS[model_type])
+    return transformers.AutoModelForCausalLM
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Contexts already run through the model, ready to be continued.
+
+    Every field is a tensor that is only ever replaced, never written in place, so one
+    Prefix can be scored, selected and decoded from any number of times.
+    """
+
+    kv: tuple | None  # per layer (keys, values), each [B, heads, S, head_dim]; None for OpenAI GPT
+    ids: torch.Tensor | None  # [B, S] every token so far (OpenAI GPT only: it is re-run)
+    types: torch.Tensor | None  # [B, S] their token types (OpenAI GPT only)
+    mask: torch.Tensor  # [B, S] 1 on real tokens, 0 on padding (left or in the middle)
+    next_position: torch.Tensor  # [B] position id the next real token of each row gets
+    last_logits: torch.Tensor  # [B, V] next-token logits after each row's last real token
+
+    def __len__(self):
+        return self.mask.size(0)
+
+
+class DoubleHeads(nn.Module):
+    """One interface over GPT, GPT-2 and Llama-family LMs; `self.lm` is the transformers model."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.kind = check_supported(lm.config)
+        self.lm = lm
+        if self.kind in GPT_DOUBLE_HEADS:
+            self.mc_head = None
+        else:
+            self.mc_head = nn.Linear(lm.config.hidden_size, 1)
+            self.mc_head.to(dtype=lm.dtype)
+
+    # --- sizes -------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.lm.config
+
+    @property
+    def max_positions(self) -> int:
+        """Longest sequence the position embeddings (or the rotary training length) allow."""
+        if self.kind in GPT_DOUBLE_HEADS:
+            return self.config.n_positions
+        return self.config.max_position_embeddings
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm.get_input_embeddings().num_embeddings
+
+    def resize_token_embeddings(self, n: int):
+        """Grow the (tied) word embeddings for added special tokens; no-op if already n."""
+        if n != self.vocab_size:
+            self.lm.resize_token_embeddings(n)
+
+    # --- shared machinery ----------------------------------------------------------------
+    def _hidden(self, ids, types, mask, positions, cache):
+        """Last-layer hidden states [B, T, H] of the backbone body (the LM without its head)."""
+        body = self.lm.base_model
+        use_cache = cache is not None
+        if self.kind == "openai-gpt":
+            out = body(
+                input_ids=ids, token_type_ids=types, attention_mask=mask, position_ids=positions
+            )
+        elif self.kind == "gpt2":
+            out = body(
+                input_ids=ids, token_type_ids=types, attention_mask=mask, position_ids=positions,
+                cache=cache, use_cache=use_cache,
+            )
+        else:
+            embed = self.lm.get_input_embeddings()
+            embeds = embed(ids) if types is None else embed(ids) + embed(types)
+            out = body(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                cache=cache, use_cache=use_cache,
+            )
+        return out.last_hidden_state
+
+    def _mc_logits(self, hidden, index):
+        """MC logit from hidden [..., T, H] at positions index [...] -> [...]."""
+        if self.mc_head is None:
+            return self.lm.multiple_choice_head(hidden, index).squeeze(-1)
+        gather = index[..., None, None].expand(*index.shape, 1, hidden.size(-1))
+        return self.mc_head(hidden.gather(-2, gather).squeeze(-2)).squeeze(-1)
+
+    def _lm_logits(self, hidden):
+        return self.lm.get_output_embeddings()(hidden)
+
+    # --- training: whole sequences -------------------------------------------------------
+    def forward(self, input_ids, token_type_ids=None, mc_token_ids=None, attention_mask=None):
+        """(lm_logits [..., T, V], mc_logits [...]) for input_ids [B, C, T] or [B, T].
+
+        Sequences are right-padded; causal attention keeps padding out of every real token's
+        view, and mc_token_ids point at each sequence's `<eos>`, before its padding.
+        mc_logits is None when mc_token_ids is None.
+        """
+        shape = input_ids.shape
+        flat = input_ids.reshape(-1, shape[-1])
+        types = None if token_type_ids is None else token_type_ids.reshape(flat.shape)
+        mask = None if attention_mask is None else attention_mask.reshape(flat.shape)
+        hidden = self._hidden(flat, types, mask, None, None)
+        hidden = hidden.reshape(*shape, hidden.size(-1))
+        lm_logits = self._lm_logits(hidden)
+        mc_logits = None if mc_token_ids is None else self._mc_logits(hidden, mc_token_ids)
+        return lm_logits, mc_logits
+
+    def recipe_losses(self, input_ids, token_type_ids, mc_token_ids, lm_labels):
+        """The recipe's training step: (token_nll, token_argmax, mc_logits).
+
+        input_ids/token_type_ids/lm_labels [B, C, T], mc_token_ids [B, C]. token_nll and
+        token_argmax [B, C, T-1] hold the LM loss and prediction for each labelled next
+        token (0 and -100 elsewhere). The LM head runs only at labelled positions (the gold
+        reply), not over every position of every candidate: the same numbers as `forward`
+        followed by a shifted cross-entropy, for a fraction of the vocabulary matmuls.
+        """
+        shape = input_ids.shape
+        flat = input_ids.reshape(-1, shape[-1])
+        hidden = self._hidden(flat, token_type_ids.reshape(flat.shape), None, None, None)
+        hidden = hidden.reshape(*shape, hidden.size(-1))
+        mc_logits = self._mc_logits(hidden, mc_token_ids)
+        targets = lm_labels[..., 1:]
+        where = targets.ne(-100)
+        logits = self._lm_logits(hidden[..., :-1, :][where]).float()
+        token_nll = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device)
+        token_nll[where] = F.cross_entropy(logits, targets[where], reduction="none")
+        token_argmax = torch.full_like(targets, -100)
+        token_argmax[where] = logits.argmax(-1)
+        return token_nll, token_argmax, mc_logits
+
+    # --- inference: a cached prefix ------------------------------------------------------
+    def encode_prefix(self, ids, types, mask) -> Prefix:
+        """Run LEFT-padded contexts ids/types/mask [B, P] once and keep their cache.
+
+        Positions are `cumsum(mask) - 1`, so a padded row gets exactly the positions (and,
+        with the mask, exactly the attention) it would get alone: scores never depend on
+        which other contexts share the batch.
+        """
+        batch = ids.size(0)
+        empty = Prefix(
+            kv=None,
+            ids=ids[:, :0] if self.kind == "openai-gpt" else None,
+            types=types[:, :0] if self.kind == "openai-gpt" else None,
+            mask=mask[:, :0].long(),
+            next_position=torch.zeros(batch, dtype=torch.long, device=ids.device),
+            last_logits=None,
+        )
+        hidden, prefix = self._advance(empty, ids, types, mask)
+        return prefix
+
+    def extend(self, prefix: Prefix, ids, types, mask=None):
+        """Continue every row of `prefix` with ids/types [B, L] (L=1 for a decoding step).
+
+        Returns (lm_logits [B, L, V], hidden [B, L, H], new_prefix); `prefix` stays usable.
+        `mask` [B, L] (default all ones) marks right padding, e.g. of shorter candidates:
+        padded tokens are cached but masked, and take no position. types may be None (no
+        segment embedding) except for OpenAI GPT, whose Prefix keeps them for re-running.
+        """
+        if mask is None:
+            mask = torch.ones_like(ids)
+        hidden, new_prefix = self._advance(prefix, ids, types, mask)
+        return self._lm_logits(hidden), hidden, new_prefix
+
+    def select(self, prefix: Prefix, indices) -> Prefix:
+        """Rows `indices` of `prefix`, repeated or reordered (beam reordering, one context
+        expanded to its candidates). A copy: the original prefix is untouched."""
+        def pick(t):
+            return None if t is None else t.index_select(0, indices)
+
+        kv = None if prefix.kv is None else tuple((pick(k), pick(v)) for k, v in prefix.kv)
+        return Prefix(
+            kv=kv, ids=pick(prefix.ids), types=pick(prefix.types), mask=pick(prefix.mask),
+            next_position=pick(prefix.next_position), last_logits=pick(prefix.last_logits),
+        )
+
+    def score_candidates(self, prefix: Prefix, owner, cand_ids, cand_types, cand_lengths, nll=True):
+        """Score N candidates as continuations of their contexts: (mc_logits [N], token_nll [N, L]).
+
+        owner [N] is the prefix row of each candidate; cand_ids/cand_types [N, L] are
+        right-padded and start with the reply's speaker token; cand_lengths [N] count real
+        tokens. mc_logits reads the hidden state at each candidate's last real token
+        (`<eos>`). token_nll[i, t] = -log p(cand_ids[i, t+1] | context, cand_ids[i, :t+1])
+        for t + 1 < cand_lengths[i], else 0: the first (speaker) token is given, never
+        scored, and the last column is always 0 — the same tokens the training LM loss
+        labels (reply and `<eos>`), so token_nll.sum(1) is that loss summed per candidate.
+        With nll=False the LM head is skipped (most of the cost) and token_nll is None.
+
+        Memory: the context's cache is copied once per candidate (rows = N).
+        """
+        rows = self.select(prefix, owner)
+        steps = torch.arange(cand_ids.size(1), device=cand_ids.device)
+        mask = (steps[None, :] < cand_lengths[:, None]).long()
+        hidden, _ = self._advance(rows, cand_ids, cand_types, mask)
+        mc_logits = self._mc_logits(hidden, (cand_lengths - 1).clamp(min=0))
+        if not nll:
+            return mc_logits, None
+        lm_logits = self._lm_logits(hidden[:, :-1])
+        token_nll = F.cross_entropy(lm_logits.transpose(1, 2), cand_ids[:, 1:], reduction="none")
+        return mc_logits, F.pad(token_nll * mask[:, 1:], (0, 1))
+
+    def _advance(self, prefix: Prefix, ids, types, mask):
+        """Run ids on top of `prefix`: (hidden [B, L, H], new Prefix)."""
+        mask = mask.long()
+        positions = prefix.next_position[:, None] + mask.cumsum(1) - 1
+        positions = positions.clamp(min=0)
+        if self.kind in GPT_DOUBLE_HEADS and int(positions.max()) >= self.max_positions:
+            raise TransfertransfoError(
+                f"sequence longer than the model's {self.max_positions} positions: "
+                "truncate the context"
+            )
+        full_mask = torch.cat([prefix.mask, mask], dim=1)
+        if self.kind == "openai-gpt":
+            # No KV cache in transformers 5's OpenAI GPT: keep the tokens and re-run the
+            # whole sequence each call. Correct, but each step costs a full forward.
+            all_ids = torch.cat([prefix.ids, ids], dim=1)
+            all_types = torch.cat([prefix.types, types], dim=1)
+            past_positions = (prefix.mask.cumsum(1) - 1).clamp(min=0)
+            hidden = self._hidden(
+                all_ids, all_types, full_mask, torch.cat([past_positions, positions], dim=1), None
+            )[:, -ids.size(1):]
+            kv = None
+        else:
+            all_ids = all_types = None
+            cache = _as_cache(prefix.kv)
+            hidden = self._hidden(ids, types, full_mask, positions, cache)
+            kv = tuple((layer.keys, layer.values) for layer in cache.layers)
+        # Next-token logits after each row's last real token; rows whose continuation is all
+        # padding keep their previous ones.
+        lengths = mask.sum(1)
+        steps = torch.arange(1, ids.size(1) + 1, device=ids.device)
+        last_real = ((mask * steps).max(1).values - 1).clamp(min=0)  # left or right padding
+        last = hidden[torch.arange(ids.size(0), device=ids.device), last_real]
+        last_logits = self._lm_logits(last)
+        if prefix.last_logits is not None:
+            last_logits = torch.where(lengths[:, None] > 0, last_logits, prefix.last_logits)
+        new_prefix = replace(
+            prefix, kv=kv, ids=all_ids, types=all_types, mask=full_mask,
+            next_position=prefix.next_position + lengths, last_logits=last_logits,
+        )
+        return hidden, new_prefix
+
+
+def _as_cache(kv):
+    """A fresh DynamicCache over the given per-layer tensors, without copying them.
+
+    The model appends to it by concatenation (new tensors), so the Prefix the tensors came
+    from is never altered. Plain full-history layers are used even for models whose config
+    asks for sliding windows: the attention mask, built from the config, still applies the
+    window, so results are unchanged.
+    """
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    cache = DynamicCache()
+    for keys, values in kv or ():
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        cache.layers.append(layer)
+    return cache
