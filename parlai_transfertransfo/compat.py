@@ -101,6 +101,66 @@ def fix_mp_train_default_world_size(mp_train):
     mp_train.setup_args = setup_args_cpu
 
 
+def fix_ddp_on_cpu(tga):
+    """TorchGeneratorAgent wraps its model in DistributedDataParallel with
+    `device_ids=[opt['gpu']]`, which is [-1] without a GPU: torch raises "device_ids ...
+    only work with ... GPU modules" in every `multiprocessing_train` worker.  CPU modules
+    need device_ids=None; pass that while the agent is built on CPU."""
+    import torch
+    from parlai.utils.distributed import is_distributed
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+
+    class CpuDistributedDataParallel(ddp):
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            super().__init__(module, None if device_ids == [-1] else device_ids, *args, **kwargs)
+
+    init = tga.TorchGeneratorAgent.__init__
+
+    def __init__(self, opt, shared=None):
+        if shared is not None or not is_distributed() or torch.cuda.is_available():
+            return init(self, opt, shared)
+        torch.nn.parallel.DistributedDataParallel = CpuDistributedDataParallel
+        try:
+            init(self, opt, shared)
+        finally:
+            torch.nn.parallel.DistributedDataParallel = ddp
+
+    tga.TorchGeneratorAgent.__init__ = __init__
+
+
+def fix_join_device_on_cpu(fsdp):
+    """`multiprocessing_train`'s joinable train loop and evaluator report `opt['gpu']` as
+    their join device, which is -1 without a GPU: "Device index must not be negative"
+    when the workers finish.  Report the CPU instead."""
+
+    def cpu_when_no_gpu(prop):
+        return property(lambda self: "cpu" if prop.fget(self) == -1 else prop.fget(self))
+
+    for cls in (fsdp.JoinableTrainLoop, fsdp.JoinableEvaluator):
+        cls.join_device = cpu_when_no_gpu(cls.join_device)
+
+
+def fix_missing_model_file_message(agents):
+    """`parlai eval_model` / `interactive` with a `--model-file` that does not exist end
+    in a RuntimeError traceback ("WARNING: Model file does not exist"): say it in one
+    line instead."""
+    create_agent = agents.create_agent
+
+    def create_agent_checked(opt, requireModelExists=False):
+        try:
+            return create_agent(opt, requireModelExists)
+        except RuntimeError as err:
+            if "Model file does not exist" not in str(err):
+                raise
+            raise SystemExit(
+                f"parlai: the model file {opt.get('model_file')} does not exist: check "
+                "--model-file (zoo models are named like zoo:transfertransfo/<entry>/model)"
+            ) from None
+
+    agents.create_agent = create_agent_checked
+
+
 def guard_convai2_teachers(agents):
     """ParlAI's convai2 teachers retry a download that cannot work offline (~15 s) and
     then raise a traceback; a variant whose file is not installed dies with
@@ -115,5 +175,8 @@ PATCHES = {
     "parlai.nn.lr_scheduler": fix_reduce_on_plateau,
     "parlai.utils.distributed": fix_distributed_on_cpu,
     "parlai.scripts.multiprocessing_train": fix_mp_train_default_world_size,
+    "parlai.core.agents": fix_missing_model_file_message,
+    "parlai.core.torch_generator_agent": fix_ddp_on_cpu,
+    "parlai.utils.fsdp": fix_join_device_on_cpu,
     "parlai.tasks.convai2.agents": guard_convai2_teachers,
 }
