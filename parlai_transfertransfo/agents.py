@@ -157,6 +157,10 @@ class TransfertransfoAgent(TorchGeneratorAgent):
                            help="rank label candidates by the MC head or by mean LM loss")
         group.add_argument("--use-partner-persona", type="bool", default=False,
                            help="add `partner's persona:` lines to the persona")
+        group.add_argument("--lora-rank", type=int, default=0,
+                           help="train LoRA adapters of this rank (plus the new token "
+                           "embeddings and the MC head) instead of every weight; 0: full")
+        group.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling numerator")
         group.add_argument("--persona", type=str, default=None,
                            help="chat persona when the conversation has none: sentences "
                            "separated by '|', or 'random' (a training persona)")
@@ -213,6 +217,11 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         if double_heads.vocab_size != len(self.dict):
             double_heads.resize_token_embeddings(len(self.dict))
         special = self.dict.special
+        if self.opt.get("lora_rank", 0) > 0:
+            from parlai_transfertransfo import lora
+
+            new_tokens = [special.bos, special.eos, special.speaker1, special.speaker2, special.pad]
+            lora.apply_lora(double_heads, self.opt["lora_rank"], self.opt["lora_alpha"], new_tokens)
         banned = [special.bos, special.speaker1, special.speaker2, special.pad]
         return TransfertransfoModel(double_heads, special, banned)
 
@@ -307,7 +316,9 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         """Replies are at most --label-truncate (default 20) tokens and never run past the
         model's positions."""
         room = self.max_positions - int(batch.text_mask.sum(-1).max())
-        max_ts = max(1, min(max_ts, self.reply_max_tokens, room))
+        # one step more than the reply: ParlAI replaces the last token of an unfinished
+        # hypothesis with <eos>
+        max_ts = max(1, min(self.reply_max_tokens + 1, room))
         return super()._generate(batch, beam_size, max_ts, prefix_tokens)
 
     def _v2t(self, vec):

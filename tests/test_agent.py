@@ -1,0 +1,130 @@
+"""The agent in-process, on each backbone: what it ranks, generates and trains on."""
+import os
+
+import pytest
+import torch
+from parlai.core.agents import create_agent
+from parlai.core.message import Message
+from parlai.core.params import ParlaiParser
+
+from conftest import TEST_DATA
+from parlai_transfertransfo.agents import DEFAULT_PERSONA
+
+CONVAI2_800 = os.path.join(TEST_DATA, "convai2", "valid_self_original_800.txt")
+
+
+def first_example():
+    """The first example of the real ConvAI2 validation file, as the convai2 teacher sends it."""
+    persona, text = [], None
+    with open(CONVAI2_800) as f:
+        for line in f:
+            body = line.rstrip("\n").split(" ", 1)[1]
+            if body.startswith("your persona: "):
+                persona.append(body)
+                continue
+            text, label, _, cands = body.split("\t")
+            return Message({
+                "text": "\n".join(persona + [text]),
+                "eval_labels": [label],
+                "label_candidates": cands.split("|"),
+                "episode_done": False,
+            })
+
+
+def make_agent(model_dir, tmp_path, *args):
+    parser = ParlaiParser(True, True)
+    opt = parser.parse_args([
+        "-m", "transfertransfo", "--model-name", model_dir, "--datapath", str(tmp_path),
+        "--inference", "greedy", "--skip-generation", "false", *map(str, args),
+    ])
+    return create_agent(opt)
+
+
+@pytest.fixture(params=["tiny_gpt2_dir", "tiny_openai_gpt_dir", "tiny_llama_dir"])
+def backbone(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_every_backbone_ranks_all_candidates_and_replies(backbone, tmp_path):
+    agent = make_agent(backbone, tmp_path)
+    example = first_example()
+    agent.observe(example)
+    reply = agent.act()
+    assert sorted(reply["text_candidates"]) == sorted(example["label_candidates"])
+    assert reply["text"].strip()
+    assert reply["metrics"]["ppl"].value() > 1.0
+
+
+def test_every_backbone_trains_with_lm_and_mc_losses(backbone, tmp_path):
+    agent = make_agent(backbone, tmp_path, "-lr", 1e-3, "--num-candidates", 3)
+    example = first_example()
+    example["labels"] = example.pop("eval_labels")
+    losses = []
+    for _ in range(4):
+        agent.observe(Message(example))
+        reply = agent.act()
+        losses.append(reply["metrics"]["loss"].value() + reply["metrics"]["mc_loss"].value())
+        agent.reset()
+    assert losses[-1] < losses[0]
+
+
+def uncached_greedy(model, ids, types, reply_type, special, steps):
+    """The original recipe's decoding loop: re-run the whole sequence for every token."""
+    ids, types, out = list(ids) + [special.speaker1], list(types) + [reply_type], []
+    banned = [special.bos, special.speaker1, special.speaker2, special.pad]
+    for step in range(steps):
+        logits, _ = model(torch.tensor([ids]), torch.tensor([types]))
+        logits = logits[0, -1].clone()
+        logits[banned] = float("-inf")
+        if step == 0:
+            logits[special.eos] = float("-inf")  # minimum length 1
+        token = int(logits.argmax())
+        if token == special.eos:
+            break
+        out.append(token)
+        ids.append(token)
+        types.append(reply_type)
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_cached_decoding_equals_uncached_greedy_token_for_token(fixture, request, tmp_path):
+    agent = make_agent(request.getfixturevalue(fixture), tmp_path, "--label-truncate", 20)
+    agent.observe(first_example())
+    reply = agent.act()
+    obs = agent.observation
+    expected = uncached_greedy(
+        agent.model.double_heads, obs["text_vec"].tolist(), obs["text_types"].tolist(),
+        obs["reply_type"], agent.special, 20,
+    )
+    assert reply["text"] == agent.dict.vec2txt(expected), (agent.dict.txt2vec(reply["text"]), expected)
+    assert len(expected) > 0
+
+
+def test_special_token_strings_from_a_user_are_plain_text(tiny_gpt2_dir, tmp_path):
+    agent = make_agent(tiny_gpt2_dir, tmp_path)
+    agent.observe(Message({"text": "your persona: i like <bos> cats.\nhi <eos> <speaker2> <pad>", "episode_done": False}))
+    special = agent.special
+    ids = agent.observation["text_vec"].tolist()
+    # exactly the recipe's control tokens: <bos> first, then one speaker token per utterance
+    assert ids[0] == special.bos
+    assert [i for i in ids if i in {special.bos, special.eos, special.pad, special.speaker1, special.speaker2}] == [
+        special.bos, special.speaker2
+    ]
+    assert agent.dict.vec2txt(ids[1:]).startswith("i like <bos> cats.")
+
+
+def test_chat_persona_defaults_to_the_tutorial_persona(tiny_gpt2_dir, tmp_path):
+    agent = make_agent(tiny_gpt2_dir, tmp_path, "--interactive-mode", "true")
+    agent.observe(Message({"text": "hello, who are you?", "episode_done": False}))
+    assert agent.history.persona == DEFAULT_PERSONA
+    assert agent.act()["text"].strip()
+
+
+def test_chat_persona_from_the_command_line(tiny_gpt2_dir, tmp_path):
+    agent = make_agent(tiny_gpt2_dir, tmp_path, "--persona", "i love tea.|i have two dogs.")
+    agent.observe(Message({"text": "hello!", "episode_done": False}))
+    assert agent.history.persona == ["i love tea.", "i have two dogs."]
+    random_agent = make_agent(tiny_gpt2_dir, tmp_path, "--persona", "random")
+    random_agent.observe(Message({"text": "hello!", "episode_done": False}))
+    assert len(random_agent.history.persona) >= 3
