@@ -72,7 +72,13 @@ def load_double_heads(model_name: str, cache_dir: str | None = None) -> DoubleHe
     config = load_config(model_name, cache_dir)
     source = resolve_weights(model_name, cache_dir)
     lm = _from_pretrained(lm_class_for(config), source, config=config, dtype=torch.float32)
-    return DoubleHeads(lm)
+    double_heads = DoubleHeads(lm)
+    mc_head = os.path.join(source, "mc_head.safetensors")  # written by convert.export_pretrained
+    if double_heads.mc_head is not None and os.path.isfile(mc_head):
+        from safetensors.torch import load_file
+
+        double_heads.mc_head.load_state_dict(load_file(mc_head))
+    return double_heads
 
 
 def double_heads_from_config(config) -> DoubleHeads:

@@ -1,0 +1,46 @@
+"""`parlai export_transfertransfo`: a fine-tuned model file as a `save_pretrained` folder.
+
+    parlai export_transfertransfo -mf DIR/model --out EXPORT
+    python -c "from transformers import GPT2DoubleHeadsModel as M; M.from_pretrained('EXPORT')"
+
+GPT and GPT-2 exports load with their *DoubleHeadsModel (LM and MC heads); Llama-family
+exports load with AutoModelForCausalLM, the MC head beside them in mc_head.safetensors.
+Every export also works as `--model-name EXPORT` for further fine-tuning.
+"""
+from parlai.core.params import ParlaiParser
+from parlai.core.script import ParlaiScript, register_script
+
+from parlai_transfertransfo.errors import TransfertransfoError
+
+
+def setup_args(parser=None):
+    if parser is None:
+        parser = ParlaiParser(True, False, "Export a transfertransfo model file for transformers")
+    group = parser.add_argument_group("export_transfertransfo")
+    group.add_argument("-mf", "--model-file", type=str, default=None,
+                       help="the transfertransfo model file (zoo: paths work)")
+    group.add_argument("--out", type=str, default=None, help="folder to write (created if missing)")
+    return parser
+
+
+@register_script("export_transfertransfo", hidden=False)
+class ExportTransfertransfo(ParlaiScript):
+    @classmethod
+    def setup_args(cls):
+        return setup_args()
+
+    def run(self):
+        from parlai.core.build_data import modelzoo_path
+
+        from parlai_transfertransfo.convert import export_pretrained
+
+        if not self.opt.get("model_file") or not self.opt.get("out"):
+            raise TransfertransfoError("export_transfertransfo needs -mf MODEL_FILE and --out DIR")
+        model_file = modelzoo_path(self.opt.get("datapath"), self.opt["model_file"])
+        files = export_pretrained(model_file, self.opt["out"])
+        print(f"exported {model_file} to {self.opt['out']}: {', '.join(files)}")
+        return files
+
+
+if __name__ == "__main__":
+    ExportTransfertransfo.main()
