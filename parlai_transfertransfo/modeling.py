@@ -259,9 +259,8 @@ class DoubleHeads(nn.Module):
             all_ids = torch.cat([prefix.ids, ids], dim=1)
             all_types = torch.cat([prefix.types, types], dim=1)
             past_positions = (prefix.mask.cumsum(1) - 1).clamp(min=0)
-            hidden = self._hidden(
-                all_ids, all_types, full_mask, torch.cat([past_positions, positions], dim=1), None
-            )[:, -ids.size(1):]
+            all_positions = torch.cat([past_positions, positions], dim=1)
+            hidden = self._rerun_packed(all_ids, all_types, full_mask, all_positions)[:, -ids.size(1):]
             kv = None
         else:
             all_ids = all_types = None
@@ -282,6 +281,19 @@ class DoubleHeads(nn.Module):
             next_position=prefix.next_position + lengths, last_logits=last_logits,
         )
         return hidden, new_prefix
+
+    def _rerun_packed(self, ids, types, mask, positions):
+        """Full re-run for OpenAI GPT with each row's real tokens packed to the left: the
+        padded width (left-padded context + right-padded continuation) may exceed the
+        model's positions although every row fits. Hidden states come back in the
+        original layout (garbage at padding)."""
+        order = torch.sort(1 - mask, dim=1, stable=True).indices[:, : int(mask.sum(1).max())]
+        packed_mask = mask.gather(1, order)
+        hidden = self._hidden(
+            ids.gather(1, order), types.gather(1, order), packed_mask, positions.gather(1, order), None
+        )
+        out = hidden.new_zeros(ids.size(0), ids.size(1), hidden.size(-1))
+        return out.scatter(1, order[..., None].expand_as(hidden), hidden)
 
 
 def _as_cache(kv):

@@ -267,3 +267,18 @@ def test_unsupported_architecture_names_it_and_the_supported_ones():
         check_supported(BertConfig())
     assert "unsupported architecture 'bert'" in str(error.value)
     assert "gpt2, openai-gpt, llama" in str(error.value)
+
+
+def test_rows_that_fit_score_even_when_the_padded_batch_is_wider_than_the_positions(model):
+    """A long context beside a short one with a long candidate: each row fits the model's
+    128 positions, the padded width (context + candidate) does not."""
+    contexts = [context(100, 7), context(10, 8)]
+    cands = [candidate(3, 1), candidate(100, 2)]
+    owner = torch.tensor([0, 1])
+    batch = model.encode_prefix(*left_pad(contexts))
+    mc, nll = model.score_candidates(batch, owner, *right_pad(cands))
+    for i in range(2):
+        want_mc, want_nll = full_sequence_scores(model, contexts[i], cands[i])
+        n = len(cands[i][0])
+        torch.testing.assert_close(mc[i], want_mc, atol=1e-4, rtol=0)
+        torch.testing.assert_close(nll[i, : n - 1], want_nll, atol=1e-4, rtol=0)
