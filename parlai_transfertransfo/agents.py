@@ -187,7 +187,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         return RecipeHistory
 
     def __init__(self, opt, shared=None):
-        self.rng = random.Random(opt.get("seed") or 0)
+        self.rng = random.Random(opt.get("seed"))  # no --seed: a new random persona each chat
         super().__init__(opt, shared)
         self.special = self.dict.special
         self.reply_max_tokens = opt.get("label_truncate") or 20
@@ -255,7 +255,8 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             persona, utterances, [0] * reply_budget, self.max_positions
         )
         for note in notes:
-            warn_once(note)
+            if not note.startswith("cut the reply"):  # a placeholder here, not the reply
+                warn_once(note)
         return persona, utterances
 
     def _set_text_vec(self, obs, history, truncate):
