@@ -203,6 +203,8 @@ class DoubleHeads(nn.Module):
         if mask is None:
             mask = torch.ones_like(ids)
         hidden, new_prefix = self._advance(prefix, ids, types, mask)
+        if ids.size(1) == 1 and bool(mask.all()):  # a decoding step: _advance ran the LM head
+            return new_prefix.last_logits[:, None], hidden, new_prefix
         return self._lm_logits(hidden), hidden, new_prefix
 
     def select(self, prefix: Prefix, indices) -> Prefix:

@@ -1,0 +1,105 @@
+"""P1 reply latency: greedy, 20 tokens, ~200-token ConvAI2 context, through the agent's `act`.
+
+Baselines on the same weights (the agent's own transformers model):
+- no-cache loop: the original `interact.py` `sample_sequence` with `--no_sample`: every step
+  rebuilds persona + history + reply-so-far and runs the whole sequence again;
+- raw cached loop: the bare transformers model with its KV cache, the LM head on the last
+  position only (the fastest plain use of the library).
+All three ban the same tokens (`<bos>`, speakers, `<pad>`, and `<eos>` for all 20 steps, as
+the agent's `--beam-min-length 20` does), so greedy decoding must give the same tokens.
+"""
+import torch
+
+from benchmarks.common import double_heads, interleaved, make_agent, message, observed
+from parlai_transfertransfo import inputs
+
+STEPS = 20
+
+
+def _banned(special, vocab):
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    mask[[special.bos, special.eos, special.speaker1, special.speaker2, special.pad]] = True
+    return mask
+
+
+def _pick(logits, banned):
+    return int(logits.float().masked_fill(banned.to(logits.device), float("-inf")).argmax())
+
+
+def _embeds(lm, ids, types):
+    """The recipe's segment embedding for Llama-family models (GPT-2 takes token_type_ids)."""
+    embed = lm.get_input_embeddings()
+    return embed(ids) + embed(types)
+
+
+def no_cache_loop(heads, persona, history, special, device):
+    """interact.py: build_input_from_segments(..., with_eos=False) and a full forward per step."""
+    lm, banned, out = heads.lm, _banned(special, heads.vocab_size), []
+    with torch.no_grad():
+        for _ in range(STEPS):
+            inst = inputs.build_instance(persona, history, out, special, with_eos=False)
+            ids = torch.tensor([inst["input_ids"]], device=device)
+            types = torch.tensor([inst["token_type_ids"]], device=device)
+            if heads.kind == "gpt2":
+                logits = lm(ids, token_type_ids=types).logits
+            else:
+                logits = lm(inputs_embeds=_embeds(lm, ids, types)).logits
+            out.append(_pick(logits[0, -1], banned))
+    return out
+
+
+def raw_cached_loop(heads, prefix_ids, prefix_types, reply_type, special, device):
+    """Context + `<speaker1>` once, then one token per step from the model's own KV cache."""
+    lm, banned, out = heads.lm, _banned(special, heads.vocab_size), []
+    ids = torch.tensor([list(prefix_ids) + [special.speaker1]], device=device)
+    types = torch.tensor([list(prefix_types) + [reply_type]], device=device)
+    cache = None
+    with torch.no_grad():
+        for _ in range(STEPS):
+            if heads.kind == "gpt2":
+                o = lm.transformer(input_ids=ids, token_type_ids=types, cache=cache, use_cache=True)
+                logits = lm.lm_head(o.last_hidden_state[:, -1])
+            else:
+                o = lm(inputs_embeds=_embeds(lm, ids, types), cache=cache, use_cache=True, logits_to_keep=1)
+                logits = o.logits[:, -1]
+            cache = o.cache
+            out.append(_pick(logits[0], banned))
+            ids = torch.tensor([[out[-1]]], device=device)
+            types = torch.tensor([[reply_type]], device=device)
+    return out
+
+
+def run(model, workdir, device, reps, dialogs, context_tokens=200):
+    from benchmarks.common import context_near
+
+    agent = make_agent(model, workdir, device, "--inference", "greedy", "--skip-generation", "false",
+                       "--beam-min-length", STEPS, "--label-truncate", STEPS, "--max-history", 4)
+    agent.model.eval()
+    heads, special = double_heads(agent), agent.special
+    dialog, turn, length = context_near(agent, dialogs, context_tokens)
+    chat = message(dialog, turn)
+    chat["episode_done"] = False
+    obs = observed(agent, chat)
+    persona, history = obs["tt_persona"], obs["tt_history"]
+    prefix_ids, prefix_types = obs["text_vec"].tolist(), obs["text_types"].tolist()
+
+    def agent_reply():
+        agent.reset()
+        agent.observe(dict(chat))
+        return agent.act()["text"]
+
+    # Same computation first: the three loops must pick the same greedy tokens.
+    slow = no_cache_loop(heads, persona, history, special, device)
+    fast = raw_cached_loop(heads, prefix_ids, prefix_types, obs["reply_type"], special, device)
+    text = agent_reply()
+    # The agent runs a 21st step for `<eos>` (forced when not chosen): same 20 tokens, one more call.
+    if slow != fast or text != agent._v2t(fast):
+        raise AssertionError(f"P1 {model}: loops disagree\n{slow}\n{fast}\n{text!r}")
+
+    times = interleaved({
+        "no-cache loop (interact.py)": lambda: no_cache_loop(heads, persona, history, special, device),
+        "raw cached loop (transformers)": lambda: raw_cached_loop(
+            heads, prefix_ids, prefix_types, obs["reply_type"], special, device),
+        "agent observe+act": agent_reply,
+    }, reps, device)
+    return {"context_tokens": length, "times": times}

@@ -1,0 +1,119 @@
+"""P3 training throughput: the agent's `train_step` (what `train_model` calls through
+`batch_act`) against a plain PyTorch loop over the very same padded tensors.
+
+Plain loop = the original `train.py` update: double-heads forward with `labels` and
+`mc_labels`, `lm_coef * lm_loss + mc_coef * mc_loss`, backward, clip to 1.0, AdamW step.
+On `--device cuda` both sides run in bf16 (torch.autocast around each step: ParlAI has no
+bf16 option) and fp16 (the agent with ParlAI's own `--fp16 true`; the plain loop with
+autocast + GradScaler), and model FLOPs utilisation = 6 x parameters x tokens/s / bf16 peak.
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import double_heads, interleaved, make_agent, median, message, observed
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "L40": 181e12}
+
+
+def bf16_peak(override_tflops=None):
+    if override_tflops:
+        return override_tflops * 1e12
+    name = torch.cuda.get_device_name(0)
+    if "H100" in name and "PCIe" in name:
+        return 756e12
+    return next((v for k, v in BF16_PEAK.items() if k in name), None)
+
+
+def recipe_batches(agent, dialogs, batch_size, n):
+    """n batches of batch_size real ConvAI2 training examples, vectorized by the agent."""
+    msgs = [message(d, t, "train") for d in dialogs for t in range(len(d[1]))]
+    return [[observed(agent, m) for m in msgs[i * batch_size:(i + 1) * batch_size]] for i in range(n)]
+
+
+def plain_losses(heads, ids, types, labels, mc_index, gold):
+    if heads.kind == "gpt2":
+        out = heads.lm(ids, token_type_ids=types, mc_token_ids=mc_index, labels=labels, mc_labels=gold)
+        return out.loss, out.mc_loss
+    lm_logits, mc_logits = heads(ids, types, mc_index)  # full forward, LM logits everywhere
+    lm_loss = F.cross_entropy(lm_logits[..., :-1, :].flatten(0, -2).float(), labels[..., 1:].flatten())
+    return lm_loss, F.cross_entropy(mc_logits.float(), gold)
+
+
+def run(model, workdir, device, reps, dialogs, batch_size=4, dtype="fp32", peak_tflops=None):
+    extra = ["--fp16", "true"] if dtype == "fp16" else []
+    agent = make_agent(model, workdir, device, "--skip-generation", "true", "--num-candidates", 2,
+                       "-bs", batch_size, *extra)
+    heads, opt = double_heads(agent), agent.opt
+    obs_batches = recipe_batches(agent, dialogs, batch_size, reps + 1)
+    tensors = []
+    for obs in obs_batches:
+        agent.is_training = True
+        ids, types, labels, mc_index, present, gold = agent._instances(agent.batchify(obs), True)
+        assert bool(present.all()), "every example has its distractor"
+        tensors.append((ids, types, labels, mc_index, gold))
+    tokens = [int(t[0].ne(agent.special.pad).sum()) for t in tensors]
+
+    # Same computation first: the agent's loss equals the plain loop's (no dropout here).
+    if dtype == "fp32":
+        agent.model.eval()
+        with torch.no_grad():
+            ours = float(agent.compute_loss(agent.batchify(obs_batches[0])))
+            lm_loss, mc_loss = plain_losses(heads, *tensors[0])
+            theirs = float(opt["lm_coef"] * lm_loss + opt["mc_coef"] * mc_loss)
+        if abs(ours - theirs) > 1e-4:
+            raise AssertionError(f"P3 {model}: losses differ: {ours} vs {theirs}")
+
+    params = [p for p in heads.parameters() if p.requires_grad]
+    defaults = agent.optimizer.defaults if hasattr(agent.optimizer, "defaults") else {}
+    adamw = torch.optim.AdamW(params, **{k: defaults[k] for k in ("lr", "betas", "eps", "weight_decay")
+                                          if k in defaults})
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
+
+    def autocast(side):
+        if half is None or (side == "agent" and dtype == "fp16"):  # ParlAI's --fp16 casts itself
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device, dtype=half)
+
+    step = {"plain": 0, "agent": 0}
+
+    def plain_step():
+        ids, types, labels, mc_index, gold = tensors[step["plain"] % len(tensors)]
+        step["plain"] += 1
+        heads.train()
+        adamw.zero_grad(set_to_none=True)
+        with autocast("plain"):
+            lm_loss, mc_loss = plain_losses(heads, ids, types, labels, mc_index, gold)
+            loss = opt["lm_coef"] * lm_loss + opt["mc_coef"] * mc_loss
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.unscale_(adamw)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(adamw) if scaler else adamw.step()
+        if scaler:
+            scaler.update()
+        loss.item()
+
+    def agent_step():
+        obs = obs_batches[step["agent"] % len(obs_batches)]
+        step["agent"] += 1
+        with autocast("agent"):
+            agent.batch_act(obs)
+
+    plain_step(), agent_step()  # warm-up: optimizer state, allocator
+    step.update(plain=1, agent=1)
+    times = interleaved({"plain PyTorch loop (train.py)": plain_step, "agent train_step": agent_step},
+                        reps, device)
+    n_params = sum(p.numel() for p in heads.parameters())
+    result = {"tokens_per_step": tokens, "times": times, "params": n_params, "dtype": dtype}
+    # each side's i-th timed step ran on batch 1 + i: tokens/s per step, then the median
+    result["tokens_per_s"] = {k: median([tokens[1 + i] / t for i, t in enumerate(v)]) for k, v in times.items()}
+    if device == "cuda":
+        peak = bf16_peak(peak_tflops)
+        result["mfu"] = {k: (6 * n_params * v / peak if peak else None) for k, v in result["tokens_per_s"].items()}
+    return result
