@@ -98,7 +98,10 @@ setup(
         "parlai_transfertransfo.tasks": "tasks",
     },
     include_package_data=True,
-    package_data={"parlai_transfertransfo": ["assets/*", "assets/**/*"]},
+    package_data={
+        "parlai_transfertransfo": ["assets/*", "assets/**/*"],
+        "parlai_transfertransfo.zoo.transfertransfo": ["*.safetensors", "*.sh", "README.md"],
+    },
     install_requires=[
         "torch>=2.4",  # pinned to 2.13.0 by constraints.txt in install.sh
         "transformers>=5,<6",

@@ -1,0 +1,97 @@
+"""`zoo:transfertransfo/smollm2_135m`, built offline from a backbone plus a LoRA artifact.
+
+The real artifact is trained by zoo/transfertransfo/train_smollm2_135m.sh; here a tiny
+random Llama and a tiny artifact (random deltas) stand in for both.
+"""
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from parlai_transfertransfo import lora
+from parlai_transfertransfo.errors import TransfertransfoError
+from parlai_transfertransfo.zoo.transfertransfo import smollm2_135m
+from test_lora import NEW_IDS, assert_same_outputs, outputs, tiny_double_heads
+
+PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory, tiny_llama_dir):
+    """(artifact path, the unmerged LoRA model it came from), deltas large enough to matter."""
+    double_heads = lora.apply_lora(tiny_double_heads(tiny_llama_dir), 4, 16, NEW_IDS)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, param in double_heads.named_parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn(param.shape, generator=g))
+    path = str(tmp_path_factory.mktemp("artifact") / "tiny.safetensors")
+    lora.save_artifact(double_heads, path, backbone=tiny_llama_dir)
+    return path, double_heads
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_artifact):
+    datapath = str(tmp_path_factory.mktemp("data"))
+    return smollm2_135m.build(datapath, tiny_artifact[0]), datapath, tiny_artifact[0]
+
+
+def test_download_without_an_artifact_says_how_to_train_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(smollm2_135m, "ARTIFACT", str(tmp_path / "smollm2_135m.safetensors"))
+    with pytest.raises(TransfertransfoError, match="has not been trained yet .*train_smollm2_135m.sh"):
+        smollm2_135m.download(str(tmp_path))
+    assert not os.path.exists(tmp_path / "models")
+
+
+def test_build_writes_the_agents_file_set_once(built, tiny_llama_dir):
+    model_file, datapath, artifact = built
+    for suffix in ("", ".opt", ".dict", ".dict.hf/tokenizer_config.json", ".hf_config.json"):
+        assert os.path.isfile(model_file + suffix), suffix
+    with open(model_file + ".opt") as f:
+        opt = json.load(f)
+    assert (opt["model"], opt["model_name"], opt["lora_rank"]) == ("transfertransfo", tiny_llama_dir, 0)
+    assert (opt["inference"], opt["topp"], opt["temperature"], opt["max_history"]) == ("nucleus", 0.9, 0.7, 2)
+    stamp = os.path.getmtime(model_file)
+    assert smollm2_135m.build(datapath, artifact) == model_file
+    assert os.path.getmtime(model_file) == stamp  # already built from this artifact: kept
+
+
+def test_built_model_scores_exactly_like_the_unmerged_lora_model(built, tiny_artifact):
+    from parlai.core.agents import create_agent_from_model_file
+
+    agent = create_agent_from_model_file(built[0], {"datapath": built[1]})
+    merged = agent.model.double_heads.eval()
+    assert not lora.is_lora(merged)
+    assert_same_outputs(outputs(merged), outputs(tiny_artifact[1].eval()), atol=1e-5)
+
+
+def test_parlai_eval_and_interactive_load_the_built_model(built, tmp_path):
+    from test_cli_agent import first_dialogs, parlai, reports
+
+    model_file = built[0]
+    dialogs = first_dialogs(2, tmp_path / "two.txt")
+    final = reports(parlai("eval_model", "-mf", model_file, "-t", "convai2_file", "--convai2-file", dialogs,
+                           "--valid-split", 0, "--datapath", tmp_path, "--skip-generation", "true", "-bs", 4))[-1]
+    assert final["exs"] == 15 and 0 <= final["hits@1"] <= 1 and final["ppl"] > 1
+    out = parlai("interactive", "-mf", model_file, "--datapath", tmp_path, stdin="hi! how are you?\n", timeout=300)
+    assert len(re.findall(r"\[Transfertransfo\]: (.*)", out)) == 1 and "CHAT DONE" in out
+
+
+def test_zoo_path_builds_through_parlai(tmp_path, tiny_artifact):
+    """`-mf zoo:transfertransfo/smollm2_135m/model` imports parlai.zoo.transfertransfo.smollm2_135m."""
+    from parlai.core.build_data import modelzoo_path
+
+    zoo_module = importlib.import_module("parlai.zoo.transfertransfo.smollm2_135m")
+    original = zoo_module.ARTIFACT
+    zoo_module.ARTIFACT = tiny_artifact[0]
+    try:
+        path = modelzoo_path(str(tmp_path), "zoo:transfertransfo/smollm2_135m/model")
+    finally:
+        zoo_module.ARTIFACT = original
+    assert path == str(tmp_path / "models" / "transfertransfo" / "smollm2_135m" / "model")
+    assert os.path.isfile(path) and os.path.isfile(path + ".opt")

