@@ -7,128 +7,20 @@ ParlAI supplies the rest: training loop, optimizers, metrics, beam/nucleus searc
 """
 import os
 import random
-from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from parlai.core.metrics import AverageMetric
-from parlai.core.torch_agent import History
-from parlai.core.torch_generator_agent import PPLMetric, TorchGeneratorAgent, TorchGeneratorModel
-from parlai.utils import logging
+from parlai.core.torch_generator_agent import PPLMetric, TorchGeneratorAgent
 from parlai.utils.misc import warn_once
 
 from parlai_transfertransfo import backbones, inputs, registration
+from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
 from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
-from parlai_transfertransfo.errors import TransfertransfoError
+from parlai_transfertransfo.history import RecipeHistory
+from parlai_transfertransfo.parlai_model import TransfertransfoModel
 
 registration.install()  # compat patches, also when running from a source checkout
-
-DEFAULT_PERSONA = [
-    "i read twenty books a year.",
-    "i'm a stunt double as my second job.",
-    "i only eat kosher.",
-    "i was raised in a single parent household.",
-]
-
-
-class RecipeHistory(History):
-    """Keeps the persona and the utterances apart, as token lists, instead of one string.
-
-    The first text of an episode carries `your persona:` lines then the partner's first
-    utterance; every later text is one partner utterance, every reply one bot utterance.
-    """
-
-    def __init__(self, opt, **kwargs):
-        super().__init__(opt, **kwargs)
-        self.use_partner_persona = opt.get("use_partner_persona", False)
-        self.default_persona: List[str] = []
-        self.reset()
-
-    def reset(self):
-        super().reset()
-        self.persona: List[str] = []
-        self.utterances: List[str] = []
-        self.persona_vecs: List[List[int]] = []
-        self.utterance_vecs: List[List[int]] = []
-
-    def _add_utterance(self, text):
-        self.utterances.append(text)
-        self.utterance_vecs.append(self.parse(text))
-
-    def update_history(self, obs, temp_history=None):
-        text = obs.get(self.field)
-        if text is None:
-            return
-        persona, partner, lines = inputs.split_persona(text)
-        if self.use_partner_persona:
-            persona = persona + partner
-        if persona:
-            self.persona = persona
-            self.persona_vecs = [self.parse(s) for s in persona]
-        elif not self.persona and self.default_persona:
-            self.persona = list(self.default_persona)
-            self.persona_vecs = [self.parse(s) for s in self.persona]
-        for line in lines:
-            self._add_utterance(line)
-        self.history_strings = self.persona + self.utterances
-        self.temp_history = temp_history
-
-    def add_reply(self, text):
-        self._add_utterance(text)
-        self.history_strings = self.persona + self.utterances
-
-    def get_history_vec(self):
-        if not self.utterance_vecs:
-            return None
-        return [tok for vec in self.persona_vecs + self.utterance_vecs for tok in vec]
-
-
-class TransfertransfoModel(TorchGeneratorModel):
-    """ParlAI's encoder/decoder interface over a decoder-only double-heads model.
-
-    "Encoding" runs the context once and keeps its key/value cache; "decoding" extends
-    that cache one token at a time, starting from the reply's `<speaker1>` token.
-    """
-
-    def __init__(self, double_heads, special, banned_ids):
-        super().__init__(
-            padding_idx=special.pad, start_idx=special.speaker1, end_idx=special.eos
-        )
-        self.double_heads = double_heads
-        self.special = special
-        self.register_buffer("banned_ids", torch.tensor(banned_ids, dtype=torch.long), persistent=False)
-
-    def forward(self, input_ids, token_type_ids, mc_token_ids, lm_labels):
-        """Training: full sequences [B, C, T] -> (token_nll, token_argmax, mc_logits)."""
-        return self.double_heads.recipe_losses(input_ids, token_type_ids, mc_token_ids, lm_labels)
-
-    def encoder(self, ids, types, mask, reply_type):
-        return self.double_heads.encode_prefix(ids, types, mask), reply_type
-
-    def reorder_encoder_states(self, encoder_states, indices):
-        prefix, reply_type = encoder_states
-        if not torch.is_tensor(indices):
-            indices = torch.tensor(indices, dtype=torch.long, device=reply_type.device)
-        return self.double_heads.select(prefix, indices), reply_type.index_select(0, indices)
-
-    def decoder(self, decoder_input, encoder_states, incr_state=None):
-        prefix, reply_type = encoder_states
-        if incr_state is None:
-            state, tokens = prefix, decoder_input
-        else:
-            state, tokens = incr_state, decoder_input[:, -1:]
-        types = reply_type.unsqueeze(1).expand_as(tokens)
-        logits, _, new_state = self.double_heads.extend(state, tokens, types)
-        return logits, new_state
-
-    def reorder_decoder_incremental_state(self, incremental_state, inds):
-        return self.double_heads.select(incremental_state, inds)
-
-    def output(self, logits):
-        """No special token but `<eos>` may ever be generated."""
-        logits = logits.clone()
-        logits[..., self.banned_ids] = torch.finfo(logits.dtype).min
-        return logits
 
 
 class TransfertransfoAgent(TorchGeneratorAgent):
@@ -222,8 +114,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
 
             new_tokens = [special.bos, special.eos, special.speaker1, special.speaker2, special.pad]
             lora.apply_lora(double_heads, self.opt["lora_rank"], self.opt["lora_alpha"], new_tokens)
-        banned = [special.bos, special.speaker1, special.speaker2, special.pad]
-        return TransfertransfoModel(double_heads, special, banned)
+        return TransfertransfoModel(double_heads, special)
 
     def save(self, path=None):
         path = self.opt.get("model_file") if path is None else path

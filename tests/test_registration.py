@@ -2,6 +2,7 @@
 interpreter (the .pth hook), in spawned workers, and from a non-editable install."""
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -73,7 +74,11 @@ def test_spawned_worker_resolves_the_agent(tmp_path):
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
-    proc = run(["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), REPO])
+    # from a copy of the sources: a build/ folder left in the checkout could carry stale files
+    src = tmp_path_factory.mktemp("src") / "repo"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "runs", "*.egg-info", "__pycache__", ".pytest_cache"))
+    proc = run(["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = glob.glob(str(out / "*.whl"))
     return path

@@ -71,7 +71,7 @@ def write_model_files(datapath, artifact_path, model_file, backbone=None):
     from parlai.core.params import ParlaiParser
 
     from parlai_transfertransfo import backbones, lora
-    from parlai_transfertransfo.agents import TransfertransfoModel
+    from parlai_transfertransfo.parlai_model import TransfertransfoModel
     from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
     from parlai_transfertransfo.errors import TransfertransfoError
     from parlai_transfertransfo.inputs import SPECIAL_TOKENS
@@ -99,8 +99,7 @@ def write_model_files(datapath, artifact_path, model_file, backbone=None):
     lora.load_lora_state(double_heads, tensors)
     lora.merge_lora(double_heads)
 
-    banned = [special.bos, special.speaker1, special.speaker2, special.pad]
-    model = TransfertransfoModel(double_heads, special, banned)
+    model = TransfertransfoModel(double_heads, special)
     torch.save({"model": model.state_dict()}, model_file)
     opt.save(model_file + ".opt")
     dictionary.save(model_file + ".dict")

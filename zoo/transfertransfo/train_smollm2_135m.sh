@@ -4,6 +4,7 @@
 #   zoo/transfertransfo/train_smollm2_135m.sh                     # CPU: 1 epoch, at most 8 hours
 #   zoo/transfertransfo/train_smollm2_135m.sh --device cuda       # GPU: 3 epochs (the recipe's)
 #   zoo/transfertransfo/train_smollm2_135m.sh --hours 1 --out /tmp/tt-smollm2
+#   ... --dev-examples 160      # evaluate on the first 160 dev examples only (CPU time)
 #
 # Data: the 800 real PERSONA-CHAT (ConvAI2) validation dialogs shipped in
 # tests/data/convai2/. The first 700 train (5470 examples); the last 100 (777 examples)
@@ -23,6 +24,7 @@ RANK=8
 OUT=
 MODEL_NAME=smollm2-135m
 ARTIFACT=
+DEV_EXAMPLES=
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=$2; shift 2 ;;
@@ -31,9 +33,10 @@ while [ $# -gt 0 ]; do
     --rank) RANK=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --artifact) ARTIFACT=$2; shift 2 ;;
+    --dev-examples) DEV_EXAMPLES=$2; shift 2 ;;
     --model-name) MODEL_NAME=$2; shift 2 ;;  # another backbone (a smoke test with a tiny one)
     *) echo "usage: $0 [--device cpu|cuda] [--hours H] [--epochs N] [--rank R] [--out DIR]" \
-            "[--artifact PATH] [--model-name NAME]" >&2; exit 2 ;;
+            "[--artifact PATH] [--model-name NAME] [--dev-examples N]" >&2; exit 2 ;;
   esac
 done
 
@@ -58,6 +61,8 @@ mkdir -p "$OUT"
 # One datapath for every run: the GGUF is de-quantized there once (~20 s).
 DATA=(-t convai2_file --convai2-file "$DIALOGS" --valid-split 100 --datapath "$OUT/data")
 LR_STEPS=$(( EPOCHS * TRAIN_EXAMPLES / (BATCH * UPDATE_FREQ) ))
+DEV=(); VALID_EXS=300
+if [ -n "$DEV_EXAMPLES" ]; then DEV=(--num-examples "$DEV_EXAMPLES"); VALID_EXS=$DEV_EXAMPLES; fi
 
 # The recipe (transfer-learning-conv-ai train.py): 2 candidates, 2 exchanges of history,
 # lm_coef = mc_coef = 1, gradient clip 1, linear decay to zero. LoRA trains well at a
@@ -70,7 +75,7 @@ LR_STEPS=$(( EPOCHS * TRAIN_EXAMPLES / (BATCH * UPDATE_FREQ) ))
   --num-epochs "$EPOCHS" --max-train-time "$(awk "BEGIN{print $HOURS * 3600}")" \
   --num-candidates 2 --max-history 2 --personality-permutations 1 --lm-coef 1 --mc-coef 1 \
   --validation-metric hits@1 --validation-metric-mode max \
-  --validation-every-n-secs 3600 --validation-every-n-epochs 1 --validation-max-exs 300 \
+  --validation-every-n-secs 3600 --validation-every-n-epochs 1 --validation-max-exs "$VALID_EXS" \
   --save-after-valid true --skip-generation true --eval-batchsize 8 --short-final-eval true \
   --log-every-n-secs 120 --seed 0 2>&1 | tee "$OUT/train.log"
 
@@ -82,11 +87,11 @@ print(f"artifact {sys.argv[2]}: {size} bytes ({size / 1e6:.1f} MB)")
 EOF
 
 # Dev: the fine-tuned model (MC ranking, greedy replies for f1) ...
-"$PARLAI" eval_model -mf "$OUT/model" "${DATA[@]}" -dt valid "${DEVICE_FLAGS[@]}" -bs 8 \
+"$PARLAI" eval_model -mf "$OUT/model" "${DATA[@]}" -dt valid "${DEVICE_FLAGS[@]}" "${DEV[@]}" -bs 8 \
   --skip-generation false --inference greedy --report-filename "$OUT/dev_finetuned.json" \
   2>&1 | tee "$OUT/dev_finetuned.log"
 # ... and SmolLM2 as it comes, ranking by LM likelihood (its MC head would be random).
 "$PARLAI" eval_model -m transfertransfo --model-name "$MODEL_NAME" --rank-by lm "${DATA[@]}" -dt valid \
-  "${DEVICE_FLAGS[@]}" -bs 8 --skip-generation true --report-filename "$OUT/dev_baseline.json" \
+  "${DEVICE_FLAGS[@]}" "${DEV[@]}" -bs 8 --skip-generation true --report-filename "$OUT/dev_baseline.json" \
   2>&1 | tee "$OUT/dev_baseline.log"
 echo "reports: $OUT/dev_finetuned.json $OUT/dev_baseline.json; artifact: $ARTIFACT"
