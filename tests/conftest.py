@@ -4,11 +4,34 @@ They carry GPT-2's real byte-level BPE tokenizer (from the offline `gpt3-tokeniz
 package), so text goes through the same tokenization as the real models.
 """
 import os
+import subprocess
+import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_DATA = os.path.join(REPO, "tests", "data")
+PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
+
+
+def run_parlai(*args, timeout=300):
+    """Run the real `parlai` command line; (exit status, stdout + stderr)."""
+    run = subprocess.run([PARLAI, *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    return run.returncode, run.stdout + run.stderr
+
+
+def teacher(*args):
+    """A ParlAI teacher built from command-line arguments, in this process."""
+    from parlai.core.params import ParlaiParser
+    from parlai.core.teachers import create_task_agent_from_taskname
+
+    opt = ParlaiParser(True, False).parse_args(list(args))
+    return create_task_agent_from_taskname(opt)[0]
+
+
+def acts(t):
+    """Every message of a teacher's epoch."""
+    return [dict(t.act()) for _ in range(t.num_examples())]
 
 
 def gpt2_bpe_files():

@@ -7,19 +7,17 @@ serve exactly those samples from our installed files.
 """
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 
 import pytest
 import yaml
 
 from parlai_transfertransfo.data import fbdialog
+from conftest import run_parlai as parlai
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
 VALID_800 = os.path.join(DATA, "convai2", "valid_self_original_800.txt")
-PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
 
 # persona part of the file name -> the sample files ParlAI's tests wrote for that teacher
 SAMPLES = {
@@ -35,12 +33,6 @@ FIRST_TEXT = (
     "your persona: i was raised in a single parent household.\n"
     "hello what are doing today ?"
 )
-
-
-def parlai(*args):
-    """Run the real `parlai` command line; (exit status, stdout + stderr)."""
-    run = subprocess.run([PARLAI, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
-    return run.returncode, run.stdout + run.stderr
 
 
 def sample_acts(stem, fold):

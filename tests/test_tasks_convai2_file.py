@@ -1,17 +1,15 @@
 """`-t convai2_file`: any ConvAI2-format file by path, split by dialog, served exactly as
 ParlAI's `-t convai2` serves the same file."""
 import os
-import subprocess
-import sys
 
 import pytest
 
 from parlai_transfertransfo.data import convai2
 from parlai_transfertransfo.errors import TransfertransfoError
+from conftest import acts, run_parlai as parlai, teacher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALID_800 = os.path.join(REPO, "tests", "data", "convai2", "valid_self_original_800.txt")
-PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
 FIRST_TEXT = (
     "your persona: i read twenty books a year.\n"
     "your persona: i'm a stunt double as my second job.\n"
@@ -26,23 +24,6 @@ DIALOG_701_TEXT = (
     "your persona: i am retired and living the great life.\n"
     "hello there who are you"
 )
-
-
-def parlai(*args):
-    run = subprocess.run([PARLAI, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
-    return run.returncode, run.stdout + run.stderr
-
-
-def teacher(*args):
-    from parlai.core.params import ParlaiParser
-    from parlai.core.teachers import create_task_agent_from_taskname
-
-    opt = ParlaiParser(True, False).parse_args(list(args))
-    return create_task_agent_from_taskname(opt)[0]
-
-
-def acts(t):
-    return [dict(t.act()) for _ in range(t.num_examples())]
 
 
 def test_train_part_of_a_split_from_the_command_line():

@@ -3,34 +3,15 @@ dialogs (700 as `train`, 100 as `valid`), served like `-t convai2`; without a pa
 into the datapath as ParlAI tasks build their data, and a failed download says what to do."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from parlai_transfertransfo.data import fbdialog, personachat_json
 from parlai_transfertransfo.errors import TransfertransfoError
+from conftest import acts, run_parlai as parlai, teacher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALID_800 = os.path.join(REPO, "tests", "data", "convai2", "valid_self_original_800.txt")
-PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
-
-
-def parlai(*args):
-    run = subprocess.run([PARLAI, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
-    return run.returncode, run.stdout + run.stderr
-
-
-def teacher(*args):
-    from parlai.core.params import ParlaiParser
-    from parlai.core.teachers import create_task_agent_from_taskname
-
-    opt = ParlaiParser(True, False).parse_args(list(args))
-    return create_task_agent_from_taskname(opt)[0]
-
-
-def acts(t):
-    return [dict(t.act()) for _ in range(t.num_examples())]
 
 
 @pytest.fixture(scope="module")
