@@ -128,3 +128,18 @@ def test_chat_persona_from_the_command_line(tiny_gpt2_dir, tmp_path):
     random_agent = make_agent(tiny_gpt2_dir, tmp_path, "--persona", "random")
     random_agent.observe(Message({"text": "hello!", "episode_done": False}))
     assert len(random_agent.history.persona) >= 3
+
+
+@pytest.mark.parametrize(
+    "inference", [["greedy"], ["beam", "--beam-size", 3], ["topk", "--topk", 5],
+                  ["nucleus", "--topp", 0.9], ["delayedbeam", "--beam-size", 2, "--topk", 5]]
+)
+def test_every_parlai_inference_mode_replies_without_special_tokens(inference, tiny_gpt2_dir, tmp_path):
+    agent = make_agent(tiny_gpt2_dir, tmp_path, "--inference", *inference, "--beam-min-length", 3)
+    agent.observe(first_example())
+    reply = agent.act()
+    tokens = agent.dict.txt2vec(reply["text"])
+    assert len(tokens) >= 3  # --beam-min-length holds <eos> back
+    assert len(reply["text"].split()) <= 20
+    assert not set(tokens) & {agent.special.bos, agent.special.eos, agent.special.speaker1,
+                              agent.special.speaker2, agent.special.pad}
