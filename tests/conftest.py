@@ -12,6 +12,15 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_DATA = os.path.join(REPO, "tests", "data")
 PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
+# The first text the `convai2` teacher sends for the first validation dialog: the persona,
+# then the partner's first utterance.
+FIRST_TEXT = (
+    "your persona: i read twenty books a year.\n"
+    "your persona: i'm a stunt double as my second job.\n"
+    "your persona: i only eat kosher.\n"
+    "your persona: i was raised in a single parent household.\n"
+    "hello what are doing today ?"
+)
 
 
 def run_parlai(*args, timeout=300):

@@ -4,7 +4,7 @@ The dialog is the first one of ConvAI2's `valid_self_original.txt` (ParlAI's FbD
 format), copied here so the tests need no dataset.
 """
 import pytest
-from conftest import gpt2_tokenizer
+from conftest import FIRST_TEXT, gpt2_tokenizer
 
 from parlai_transfertransfo.inputs import (
     ATTR_TO_SPECIAL_TOKEN,
@@ -21,14 +21,6 @@ from parlai_transfertransfo.inputs import (
     truncate,
 )
 
-# What the `convai2` teacher sends first: the persona, then the partner's first utterance.
-FIRST_TEXT = (
-    "your persona: i read twenty books a year.\n"
-    "your persona: i'm a stunt double as my second job.\n"
-    "your persona: i only eat kosher.\n"
-    "your persona: i was raised in a single parent household.\n"
-    "hello what are doing today ?"
-)
 LABEL_1 = "i am good , i just got off work and tired , i have two jobs ."
 TEXT_2 = "i just got done watching a horror movie"
 LABEL_2 = "i rather read , i've read about 20 books this year ."

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from parlai_transfertransfo.data import fbdialog
-from conftest import run_parlai as parlai
+from conftest import FIRST_TEXT, run_parlai as parlai
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
@@ -26,13 +26,6 @@ SAMPLES = {
     "none_original": "convai2_none",
     "self_revised": "convai2_self_revised",
 }
-FIRST_TEXT = (
-    "your persona: i read twenty books a year.\n"
-    "your persona: i'm a stunt double as my second job.\n"
-    "your persona: i only eat kosher.\n"
-    "your persona: i was raised in a single parent household.\n"
-    "hello what are doing today ?"
-)
 
 
 def sample_acts(stem, fold):

@@ -6,17 +6,10 @@ import pytest
 
 from parlai_transfertransfo.data import convai2
 from parlai_transfertransfo.errors import TransfertransfoError
-from conftest import acts, run_parlai as parlai, teacher
+from conftest import FIRST_TEXT, acts, run_parlai as parlai, teacher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALID_800 = os.path.join(REPO, "tests", "data", "convai2", "valid_self_original_800.txt")
-FIRST_TEXT = (
-    "your persona: i read twenty books a year.\n"
-    "your persona: i'm a stunt double as my second job.\n"
-    "your persona: i only eat kosher.\n"
-    "your persona: i was raised in a single parent household.\n"
-    "hello what are doing today ?"
-)
 DIALOG_701_TEXT = (
     "your persona: i have amazing children and grandchildren.\n"
     "your persona: i had cancer but its gone now.\n"
