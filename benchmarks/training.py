@@ -33,6 +33,33 @@ def recipe_batches(agent, dialogs, batch_size, n):
     return [[observed(agent, m) for m in msgs[i * batch_size:(i + 1) * batch_size]] for i in range(n)]
 
 
+def whole_sequences(model_inputs, cand_index, pad):
+    """The recipe's own layout of the agent's batch: every candidate appended to its whole
+    context, right-padded to [R, C, T] ids/types/labels, mc_index [R, C], gold [R]."""
+    ids, types, mask, owner, cand_ids, cand_types, lengths, gold_rows = model_inputs
+    rows, n_cands = cand_index.shape
+    seqs = []
+    for j in range(cand_ids.size(0)):
+        ctx = mask[owner[j]].bool()
+        n = int(lengths[j])
+        labels = torch.full((int(ctx.sum()) + n,), -100)
+        if j in gold_rows.tolist():
+            labels[-(n - 1):] = cand_ids[j, 1:n]
+        seqs.append((torch.cat([ids[owner[j]][ctx], cand_ids[j, :n]]),
+                     torch.cat([types[owner[j]][ctx], cand_types[j, :n]]), labels))
+    width = max(len(s[0]) for s in seqs)
+    out_ids = torch.full((rows, n_cands, width), pad)
+    out_types = torch.full((rows, n_cands, width), pad)
+    out_labels = torch.full((rows, n_cands, width), -100)
+    mc_index = torch.zeros((rows, n_cands), dtype=torch.long)
+    for r in range(rows):
+        for c in range(n_cands):
+            s_ids, s_types, s_labels = seqs[int(cand_index[r, c])]
+            out_ids[r, c, : len(s_ids)], out_types[r, c, : len(s_ids)] = s_ids, s_types
+            out_labels[r, c, : len(s_ids)], mc_index[r, c] = s_labels, len(s_ids) - 1
+    return out_ids, out_types, out_labels, mc_index, torch.full((rows,), n_cands - 1)
+
+
 def plain_losses(heads, ids, types, labels, mc_index, gold):
     if heads.kind == "gpt2":
         out = heads.lm(ids, token_type_ids=types, mc_token_ids=mc_index, labels=labels, mc_labels=gold)
@@ -51,9 +78,10 @@ def run(model, workdir, device, reps, dialogs, batch_size=4, dtype="fp32", peak_
     tensors = []
     for obs in obs_batches:
         agent.is_training = True
-        ids, types, labels, mc_index, present, gold = agent._instances(agent.batchify(obs), True)
-        assert bool(present.all()), "every example has its distractor"
-        tensors.append((ids, types, labels, mc_index, gold))
+        model_inputs, cand_index = agent._recipe_batch(agent.batchify(obs), True)
+        assert bool(cand_index.ge(0).all()), "every example has its distractor"
+        cpu = [t.cpu() for t in model_inputs]
+        tensors.append(tuple(t.to(device) for t in whole_sequences(cpu, cand_index.cpu(), agent.special.pad)))
     tokens = [int(t[0].ne(agent.special.pad).sum()) for t in tensors]
 
     # Same computation first: the agent's loss equals the plain loop's (no dropout here).

@@ -234,56 +234,63 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             cands = [c for c in cands if c != label]
         return inputs.distractors(label, list(cands), n) if n > 0 else []
 
-    def _instances(self, batch, with_distractors):
-        """[B, C, T] ids/types/labels with the gold reply last, as the recipe builds them."""
-        rows = []
-        # --personality-permutations N: each example N times, persona rotated (training)
+    def _recipe_batch(self, batch, with_distractors):
+        """The recipe's instances as contexts + candidates (see `DoubleHeads.recipe_losses`).
+
+        Each example (N times with --personality-permutations N, persona rotated) gives one
+        context and its candidates, distractors first and the gold reply last, as the
+        recipe orders them. Returns the model's inputs and the [R, C] layout of the
+        candidates (`cand_index`, -1 where an example has fewer distractors).
+        """
         rotations = range(self.opt.get("personality_permutations") or 1) if self.is_training else [0]
+        special, contexts, cands, owner, layout = self.special, [], [], [], []
         for i, (persona, history) in enumerate(batch.segments):
             label = batch.labels[i]
             label = label[0] if isinstance(label, (list, tuple)) else label
-            cands = self._training_candidates(batch, i, label) if with_distractors else []
-            replies = [self._reply_vec(c) for c in cands] + [self._reply_vec(label)]
+            texts = self._training_candidates(batch, i, label) if with_distractors else []
+            replies = [self._reply_vec(c) for c in texts] + [self._reply_vec(label)]
+            longest = max(len(r) for r in replies)
             for rotation in rotations:
                 rotated = inputs.rotate_persona(persona, rotation)
-                row = []
-                for j, reply in enumerate(replies):
-                    gold = j == len(replies) - 1
-                    p, h, r, _ = inputs.truncate(rotated, history, reply, self.max_positions)
-                    row.append(inputs.build_instance(p, h, r, self.special, lm_labels=gold))
-                rows.append(row)
-        n_cands = max(len(r) for r in rows)
-        length = max(len(inst["input_ids"]) for r in rows for inst in r)
-        bsz = len(rows)
-        pad = self.special.pad
-        ids = torch.full((bsz, n_cands, length), pad, dtype=torch.long)
-        types = torch.full((bsz, n_cands, length), pad, dtype=torch.long)
-        labels = torch.full((bsz, n_cands, length), -100, dtype=torch.long)
-        mc_index = torch.zeros((bsz, n_cands), dtype=torch.long)
-        present = torch.zeros((bsz, n_cands), dtype=torch.bool)
-        gold = torch.full((bsz,), n_cands - 1, dtype=torch.long)
-        for b, row in enumerate(rows):
-            offset = n_cands - len(row)  # missing distractors sit first, masked out
-            for j, inst in enumerate(row):
-                c, n = offset + j, len(inst["input_ids"])
-                ids[b, c, :n] = torch.tensor(inst["input_ids"])
-                types[b, c, :n] = torch.tensor(inst["token_type_ids"])
-                labels[b, c, :n] = torch.tensor(inst["lm_labels"])
-                mc_index[b, c] = inst["mc_token_ids"]
-                present[b, c] = True
+                p, h, kept, _ = inputs.truncate(rotated, history, [0] * longest, self.max_positions)
+                ids, types, reply_type = inputs.build_prefix(p, h, special)
+                layout.append([len(cands) + j for j in range(len(replies))])
+                for reply in replies:
+                    cands.append(([special.speaker1] + reply[: len(kept)] + [special.eos], reply_type))
+                    owner.append(len(contexts))
+                contexts.append((ids, types))
         dev = batch.text_vec.device
-        return ids.to(dev), types.to(dev), labels.to(dev), mc_index.to(dev), present.to(dev), gold.to(dev)
+        ids, mask = self._left_pad([c[0] for c in contexts], special.pad)
+        types, _ = self._left_pad([c[1] for c in contexts], special.pad)
+        lengths = torch.tensor([len(c) for c, _ in cands])
+        cand_ids = torch.full((len(cands), int(lengths.max())), special.pad, dtype=torch.long)
+        cand_types = torch.full_like(cand_ids, special.pad)
+        for j, (c, reply_type) in enumerate(cands):
+            cand_ids[j, : len(c)] = torch.tensor(c)
+            cand_types[j, : len(c)] = reply_type
+        n_cands = max(len(row) for row in layout)
+        cand_index = torch.tensor([[-1] * (n_cands - len(row)) + row for row in layout])
+        gold_rows = cand_index[:, -1]
+        model_inputs = (ids, types, mask, torch.tensor(owner), cand_ids, cand_types, lengths, gold_rows)
+        return tuple(t.to(dev) for t in model_inputs), cand_index.to(dev)
 
     def compute_loss(self, batch, return_output=False):
         if batch.label_vec is None:
             raise ValueError("Cannot compute loss without a label.")
         with_mc = self.is_training and self.opt["mc_coef"] > 0
-        ids, types, labels, mc_index, present, gold = self._instances(batch, with_mc)
-        token_nll, token_argmax, mc_logits = self.model(ids, types, mc_index, labels)
-        # LM: the gold sequence only (last candidate), shifted as in the recipe
-        gold_labels = labels[:, -1, 1:]
-        token_loss, preds = token_nll[:, -1], token_argmax[:, -1]
-        notnull = gold_labels.ne(-100)
+        gold = self._gold_candidates(batch)
+        if gold is not None:  # evaluation: ppl and ranking from one pass (see ranking)
+            model_inputs = self._candidate_inputs(batch)
+            token_loss, preds, batch.tt_candidate_scores = self._score_candidates(model_inputs, gold)
+            gold_rows = torch.tensor(gold, device=token_loss.device)
+        else:
+            model_inputs, cand_index = self._recipe_batch(batch, with_mc)
+            token_loss, preds, mc_flat = self.model(*model_inputs)
+            gold_rows = model_inputs[7]
+        # LM: the gold reply only, shifted as in the recipe
+        gold_labels = model_inputs[4].index_select(0, gold_rows)[:, 1:]
+        notnull = preds.ne(-100)
+        gold_labels = gold_labels.masked_fill(~notnull, -100)
         n_tokens = notnull.long().sum(-1)
         correct = (preds == gold_labels) & notnull
         self.record_local_metric("loss", AverageMetric.from_mask(token_loss, notnull))
@@ -291,29 +298,27 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         self.record_local_metric("token_acc", AverageMetric.from_mask(correct, notnull))
         self.record_local_metric("token_em", AverageMetric.many(correct.sum(-1) == n_tokens))
         lm_loss = token_loss.sum() / n_tokens.sum().clamp(min=1)
-        mc_logits = mc_logits.float().masked_fill(~present, torch.finfo(torch.float32).min)
-        mc_loss = F.cross_entropy(mc_logits, gold)
-        if with_mc:
+        loss = self.opt["lm_coef"] * lm_loss
+        if with_mc:  # [R, C] logits, missing distractors masked out, the gold reply last
+            present = cand_index.ge(0)
+            mc_logits = mc_flat.float()[cand_index.clamp(min=0)]
+            mc_logits = mc_logits.masked_fill(~present, torch.finfo(torch.float32).min)
+            gold = torch.full((mc_logits.size(0),), mc_logits.size(1) - 1, device=mc_logits.device)
             mc_per_example = F.cross_entropy(mc_logits, gold, reduction="none")
             self.record_local_metric("mc_loss", AverageMetric.many(mc_per_example))
-            self.record_local_metric(
-                "mc_acc", AverageMetric.many(mc_logits.argmax(-1) == gold)
-            )
-        loss = self.opt["lm_coef"] * lm_loss + self.opt["mc_coef"] * mc_loss
+            self.record_local_metric("mc_acc", AverageMetric.many(mc_logits.argmax(-1) == gold))
+            loss = loss + self.opt["mc_coef"] * mc_per_example.mean()
         if return_output:
             return loss, (token_loss, preds)
         return loss
 
     # ------------------------------------------------------------- ranking
-    def rank_eval_label_candidates(self, batch, batchsize):
-        """Rank label candidates by the MC head, each scored as a continuation of one
-        cached context (the context is encoded once, not once per candidate)."""
-        if not batch.candidates:
-            return None, None
-        model = self.model.module if hasattr(self.model, "module") else self.model
+    def _candidate_inputs(self, batch):
+        """Every example's label candidates as continuations of its context (text_vec):
+        recipe_losses' inputs with lm_rows left out, or None without candidates."""
         owners, cand_vecs = [], []
         prefix_lengths = batch.text_mask.sum(-1).tolist()
-        for i, cands in enumerate(batch.candidates):
+        for i, cands in enumerate(batch.candidates or []):
             vecs = batch.tt_cand_vecs[i] or [self._reply_vec(c) for c in cands or []]
             room = self.max_positions - prefix_lengths[i] - 2  # <speaker1> ... <eos>
             for vec in vecs:
@@ -322,25 +327,66 @@ class TransfertransfoAgent(TorchGeneratorAgent):
                 owners.append(i)
                 cand_vecs.append([self.special.speaker1] + vec[:room] + [self.special.eos])
         if not cand_vecs:
-            return None, None
+            return None
         dev = batch.text_vec.device
-        with torch.no_grad():
-            prefix = model.double_heads.encode_prefix(batch.text_vec, batch.text_types, batch.text_mask)
-            lengths = torch.tensor([len(v) for v in cand_vecs], device=dev)
-            width = int(lengths.max())
-            cand_ids = torch.full((len(cand_vecs), width), self.special.pad, dtype=torch.long, device=dev)
-            for j, v in enumerate(cand_vecs):
-                cand_ids[j, : len(v)] = torch.tensor(v, device=dev)
-            owner = torch.tensor(owners, device=dev)
-            cand_types = batch.reply_type.to(dev).index_select(0, owner).unsqueeze(1).expand_as(cand_ids)
-            by_lm = self.opt.get("rank_by", "mc") == "lm"
-            mc_logits, token_nll = model.double_heads.score_candidates(
-                prefix, owner, cand_ids, cand_types, lengths, nll=by_lm
-            )
+        lengths = torch.tensor([len(v) for v in cand_vecs], device=dev)
+        cand_ids = torch.full((len(cand_vecs), int(lengths.max())), self.special.pad, dtype=torch.long, device=dev)
+        for j, v in enumerate(cand_vecs):
+            cand_ids[j, : len(v)] = torch.tensor(v, device=dev)
+        owner = torch.tensor(owners, device=dev)
+        cand_types = batch.reply_type.to(dev).index_select(0, owner).unsqueeze(1).expand_as(cand_ids)
+        return batch.text_vec, batch.text_types, batch.text_mask, owner, cand_ids, cand_types, lengths
+
+    def _gold_candidates(self, batch):
+        """Index (in the flat candidate list) of each example's gold label, or None if some
+        example's label is not among its candidates."""
+        if self.is_training or not batch.candidates or not self.rank_candidates or batch.labels is None:
+            return None
+        gold, start = [], 0
+        for label, cands in zip(batch.labels, batch.candidates):
+            label = label[0] if isinstance(label, (list, tuple)) else label
+            if not cands or label not in cands:
+                return None
+            gold.append(start + cands.index(label))
+            start += len(cands)
+        return gold
+
+    def _score_candidates(self, model_inputs, gold):
+        """One pass over the contexts and all their candidates: (token_nll, argmax) of the
+        gold replies' tokens, plus the ranking scores of every candidate."""
+        lengths, n = model_inputs[6], model_inputs[3].size(0)
+        by_lm = self.opt.get("rank_by", "mc") == "lm"
+        lm_rows = torch.arange(n, device=lengths.device) if by_lm else torch.tensor(gold, device=lengths.device)
+        token_nll, argmax, mc_logits = self.model(*model_inputs, lm_rows)
         if by_lm:
             scores = -(token_nll.sum(-1) / (lengths - 1).clamp(min=1))
-        else:
-            scores = mc_logits
+            pick = torch.tensor(gold, device=lengths.device)
+            return token_nll.index_select(0, pick), argmax.index_select(0, pick), scores
+        return token_nll, argmax, mc_logits
+
+    def rank_eval_label_candidates(self, batch, batchsize):
+        """Rank label candidates by the MC head (or --rank-by lm), each scored as a
+        continuation of one cached context (the context is encoded once, not once per
+        candidate). When eval_step's compute_loss already scored them (the gold label is a
+        candidate), its scores are reused: one pass gives ppl and hits@1."""
+        if not batch.candidates:
+            return None, None
+        scores = getattr(batch, "tt_candidate_scores", None)
+        if scores is None:
+            model_inputs = self._candidate_inputs(batch)
+            if model_inputs is None:
+                return None, None
+            n = model_inputs[3].size(0)
+            dev = model_inputs[6].device
+            with torch.no_grad():
+                if self.opt.get("rank_by", "mc") == "lm":
+                    _, _, scores = self._score_candidates(model_inputs, list(range(n)))
+                else:  # no LM head needed at all
+                    model = self.model.module if hasattr(self.model, "module") else self.model
+                    prefix = model.double_heads.encode_prefix(*model_inputs[:3])
+                    scores, _ = model.double_heads.score_candidates(
+                        prefix, *model_inputs[3:], nll=False
+                    )
         cand_choices, cand_scores, start = [], [], 0
         for i, cands in enumerate(batch.candidates):
             n = len(cands or [])

@@ -6,9 +6,10 @@
 - Llama-family causal LMs: the LM plus our own MC head, `nn.Linear(hidden, 1)`, with
   segments added the GPT way: `inputs_embeds = embed(ids) + embed(token_type_ids)`.
 
-Two ways in. `forward` runs whole (right-padded) sequences for training. `encode_prefix` /
-`extend` / `select` / `score_candidates` run a shared context once and continue from its
-KV cache, for incremental decoding and for ranking candidates as continuations.
+Every path runs a shared context once and continues from its KV cache: `recipe_losses`
+(training: candidates as continuations of their context, with gradients), and
+`encode_prefix` / `extend` / `select` / `score_candidates` (incremental decoding, ranking).
+`forward` runs whole (right-padded) sequences, the recipe's own layout, as a reference.
 """
 from dataclasses import dataclass, replace
 
@@ -149,23 +150,27 @@ class DoubleHeads(nn.Module):
         mc_logits = None if mc_token_ids is None else self._mc_logits(hidden, mc_token_ids)
         return lm_logits, mc_logits
 
-    def recipe_losses(self, input_ids, token_type_ids, mc_token_ids, lm_labels):
-        """The recipe's training step: (token_nll, token_argmax, mc_logits).
+    def recipe_losses(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, lm_rows):
+        """The recipe's training step, each context run once: (token_nll, token_argmax, mc_logits).
 
-        input_ids/token_type_ids/lm_labels [B, C, T], mc_token_ids [B, C]. token_nll and
-        token_argmax [B, C, T-1] hold the LM loss and prediction for each labelled next
-        token (0 and -100 elsewhere). The LM head runs only at labelled positions (the gold
-        reply), not over every position of every candidate: the same numbers as `forward`
-        followed by a shifted cross-entropy, for a fraction of the vocabulary matmuls.
+        The recipe runs every candidate as a whole sequence (persona + history + reply), so
+        the context is encoded once per candidate. Here the LEFT-padded contexts ids/types/
+        mask [P, S] run once, with gradients, and the right-padded candidates cand_ids/
+        cand_types [N, L] (speaker token first, `<eos>` last, cand_lengths [N] real tokens)
+        continue their context owner[N] from its cache: the same attention, positions and
+        segments as the whole sequences, so the same losses and gradients (tested), for
+        a fraction of the tokens. mc_logits [N] is read at each `<eos>`.
+
+        The LM head runs only on the candidates lm_rows [G] (the gold replies) and only at
+        their labelled positions: token_nll / token_argmax [G, L-1] hold, at t, the loss and
+        prediction for cand_ids[g, t+1] (reply words and `<eos>`; 0 and -100 elsewhere).
         """
-        shape = input_ids.shape
-        flat = input_ids.reshape(-1, shape[-1])
-        hidden = self._hidden(flat, token_type_ids.reshape(flat.shape), None, None, None)
-        hidden = hidden.reshape(*shape, hidden.size(-1))
-        mc_logits = self._mc_logits(hidden, mc_token_ids)
-        targets = lm_labels[..., 1:]
-        where = targets.ne(-100)
-        logits = self._lm_logits(hidden[..., :-1, :][where]).float()
+        prefix = self.encode_prefix(ids, types, mask)
+        hidden, cand_mask = self._continue(prefix, owner, cand_ids, cand_types, cand_lengths)
+        mc_logits = self._mc_logits(hidden, (cand_lengths - 1).clamp(min=0))
+        targets = cand_ids.index_select(0, lm_rows)[:, 1:]
+        where = cand_mask.index_select(0, lm_rows)[:, 1:].bool()
+        logits = self._lm_logits(hidden.index_select(0, lm_rows)[:, :-1][where]).float()
         token_nll = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device)
         token_nll[where] = F.cross_entropy(logits, targets[where], reduction="none")
         token_argmax = torch.full_like(targets, -100)
@@ -231,18 +236,66 @@ class DoubleHeads(nn.Module):
         labels (reply and `<eos>`), so token_nll.sum(1) is that loss summed per candidate.
         With nll=False the LM head is skipped (most of the cost) and token_nll is None.
 
-        Memory: the context's cache is copied once per candidate (rows = N).
         """
-        rows = self.select(prefix, owner)
-        steps = torch.arange(cand_ids.size(1), device=cand_ids.device)
-        mask = (steps[None, :] < cand_lengths[:, None]).long()
-        hidden, _ = self._advance(rows, cand_ids, cand_types, mask)
+        hidden, mask = self._continue(prefix, owner, cand_ids, cand_types, cand_lengths)
         mc_logits = self._mc_logits(hidden, (cand_lengths - 1).clamp(min=0))
         if not nll:
             return mc_logits, None
         lm_logits = self._lm_logits(hidden[:, :-1])
         token_nll = F.cross_entropy(lm_logits.transpose(1, 2), cand_ids[:, 1:], reduction="none")
         return mc_logits, F.pad(token_nll * mask[:, 1:], (0, 1))
+
+    def _continue(self, prefix: Prefix, owner, cand_ids, cand_types, cand_lengths):
+        """Hidden states [N, L, H] of right-padded candidates [N, L] continuing their
+        context owner[N], and their mask [N, L].
+
+        Packed: each context's candidates run back to back in ONE row after its cache, no
+        padding between them, with an attention mask that lets a candidate see its context
+        and its own earlier tokens only, and positions that restart after the context for
+        each candidate. The same attention and positions as one row per candidate, without
+        copying the context's cache per candidate or running their padding. OpenAI GPT (no
+        cache) and sliding-window models (the custom mask would lift the window) take one
+        row per candidate instead.
+        """
+        steps = torch.arange(cand_ids.size(1), device=cand_ids.device)
+        cand_mask = (steps[None, :] < cand_lengths[:, None]).long()
+        if self.kind == "openai-gpt" or getattr(self.config, "sliding_window", None):
+            hidden, _ = self._advance(self.select(prefix, owner), cand_ids, cand_types, cand_mask)
+            return hidden, cand_mask
+        dev, rows = cand_ids.device, len(prefix)
+        # where each real candidate token goes: packed row owner[i], column start[i] + t
+        order = torch.argsort(owner, stable=True)
+        lengths = cand_lengths.index_select(0, order)
+        ends = torch.zeros(rows, dtype=torch.long, device=dev).index_add_(0, owner, cand_lengths)
+        row_start = torch.cumsum(ends, 0) - ends
+        before = torch.cumsum(lengths, 0) - lengths  # tokens of earlier candidates (sorted)
+        start = torch.empty_like(before)
+        start[order] = before - row_start.index_select(0, owner.index_select(0, order))
+        real = cand_mask.bool()
+        cand_rows = owner[:, None].expand_as(cand_ids)[real]
+        cols = (start[:, None] + steps[None, :])[real]
+        width = int(ends.max()) if rows else 0
+        packed_ids = torch.zeros((rows, width), dtype=torch.long, device=dev)
+        packed_ids[cand_rows, cols] = cand_ids[real]
+        packed_types = None
+        if cand_types is not None:
+            packed_types = torch.zeros_like(packed_ids)
+            packed_types[cand_rows, cols] = cand_types[real]
+        which = torch.full((rows, width), -1, dtype=torch.long, device=dev)  # candidate per column
+        which[cand_rows, cols] = torch.arange(len(owner), device=dev)[:, None].expand_as(cand_ids)[real]
+        offset = torch.zeros((rows, width), dtype=torch.long, device=dev)
+        offset[cand_rows, cols] = steps[None, :].expand_as(cand_ids)[real]
+        positions = prefix.next_position[:, None] + offset
+        # queries [rows, W] see: the context's real tokens, and their own candidate up to them
+        same = (which[:, :, None] == which[:, None, :]) & (offset[:, None, :] <= offset[:, :, None])
+        same &= which[:, None, :].ge(0)
+        see = torch.cat([prefix.mask.bool()[:, None, :].expand(rows, width, -1), same], dim=2)
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        mask4d = torch.zeros(see.shape, dtype=dtype, device=dev).masked_fill(~see, torch.finfo(dtype).min)
+        hidden = self._hidden(packed_ids, packed_types, mask4d[:, None], positions, _as_cache(prefix.kv))
+        out = hidden.new_zeros(cand_ids.size(0), cand_ids.size(1), hidden.size(-1))
+        out[real] = hidden[cand_rows, cols]
+        return out, cand_mask
 
     def _advance(self, prefix: Prefix, ids, types, mask):
         """Run ids on top of `prefix`: (hidden [B, L, H], new Prefix)."""

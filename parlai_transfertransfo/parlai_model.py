@@ -19,9 +19,10 @@ class TransfertransfoModel(TorchGeneratorModel):
         banned = [special.bos, special.speaker1, special.speaker2, special.pad]
         self.register_buffer("banned_ids", torch.tensor(banned, dtype=torch.long), persistent=False)
 
-    def forward(self, input_ids, token_type_ids, mc_token_ids, lm_labels):
-        """Training: full sequences [B, C, T] -> (token_nll, token_argmax, mc_logits)."""
-        return self.double_heads.recipe_losses(input_ids, token_type_ids, mc_token_ids, lm_labels)
+    def forward(self, *recipe_batch):
+        """Training: contexts + candidates -> (token_nll, token_argmax, mc_logits); see
+        `DoubleHeads.recipe_losses`. Through `forward`, so DDP synchronises the gradients."""
+        return self.double_heads.recipe_losses(*recipe_batch)
 
     def encoder(self, ids, types, mask, reply_type):
         return self.double_heads.encode_prefix(ids, types, mask), reply_type

@@ -68,6 +68,26 @@ def test_every_backbone_trains_with_lm_and_mc_losses(backbone, tmp_path):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("rank_by", ["mc", "lm"])
+def test_one_evaluation_pass_gives_the_ppl_and_ranking_of_separate_passes(rank_by, backbone, tmp_path):
+    """With the gold label among the candidates, eval_step scores context + candidates once
+    for both ppl and hits@1; each must equal what its own pass gives."""
+    agent = make_agent(backbone, tmp_path, "--skip-generation", "true", "--rank-by", rank_by)
+    example = first_example()
+
+    def evaluate(message):  # eval_model's path: batch_act (act would self-observe no text)
+        agent.reset()
+        return agent.batch_act([agent.observe(Message(message))])[0]
+
+    together = evaluate(example)
+    loss_alone = evaluate({k: v for k, v in example.items() if k != "label_candidates"})
+    ranking_alone = evaluate({k: v for k, v in example.items() if k != "eval_labels"})
+    assert abs(together["metrics"]["ppl"].value() - loss_alone["metrics"]["ppl"].value()) < 1e-3
+    assert together["metrics"]["token_acc"] == loss_alone["metrics"]["token_acc"]
+    assert together["text_candidates"] == ranking_alone["text_candidates"]
+    assert together["text_candidates"] != example["label_candidates"]  # really ranked
+
+
 def uncached_greedy(model, ids, types, reply_type, special, steps):
     """The original recipe's decoding loop: re-run the whole sequence for every token."""
     ids, types, out = list(ids) + [special.speaker1], list(types) + [reply_type], []

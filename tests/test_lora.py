@@ -23,26 +23,26 @@ def tiny_double_heads(path):
 
 
 def recipe_batch():
-    """Two examples of two candidates, the gold one labelled, segments from the new tokens."""
+    """Two contexts of two candidates each, the second (gold) one labelled, segments from the
+    new tokens: the inputs of `DoubleHeads.recipe_losses`."""
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 50262, (2, 2, 10), generator=g)
-    ids[..., 0] = 50257
-    ids[..., -1] = 50258
-    types = torch.where(torch.arange(10) < 5, 50261, 50260).expand(2, 2, 10).clone()
-    labels = torch.full_like(ids, -100)
-    labels[:, -1, 6:] = ids[:, -1, 6:]
-    mc_index = torch.full((2, 2), 9)
-    return ids, types, mc_index, labels
+    ids = torch.randint(0, 50262, (2, 5), generator=g)
+    ids[:, 0] = 50257
+    cands = torch.randint(0, 50262, (4, 5), generator=g)
+    cands[:, 0], cands[:, -1] = 50260, 50258
+    return (ids, torch.full_like(ids, 50261), torch.ones_like(ids), torch.tensor([0, 0, 1, 1]),
+            cands, torch.full_like(cands, 50260), torch.tensor([5, 5, 5, 5]), torch.tensor([1, 3]))
 
 
 def outputs(double_heads):
     """Everything the agent reads off the model: training losses, cached-prefix ranking
     scores and next-token logits."""
-    ids, types, mc_index, labels = recipe_batch()
+    batch = recipe_batch()
+    ids, types = batch[0], batch[1]
     with torch.no_grad():
-        nll, _, mc = double_heads.recipe_losses(ids, types, mc_index, labels)
-        prefix = double_heads.encode_prefix(ids[:, 0, :5], types[:, 0, :5], torch.ones(2, 5, dtype=torch.long))
-        cands = torch.cat([torch.full((2, 1), 50260), ids[:, 1, 6:]], dim=1)
+        nll, _, mc = double_heads.recipe_losses(*batch)
+        prefix = double_heads.encode_prefix(ids, types, torch.ones(2, 5, dtype=torch.long))
+        cands = torch.cat([torch.full((2, 1), 50260), ids[:, 1:]], dim=1)
         scores, token_nll = double_heads.score_candidates(
             prefix, torch.tensor([0, 1]), cands, torch.full_like(cands, 50260), torch.tensor([5, 3])
         )
@@ -60,10 +60,10 @@ def train_steps(double_heads, steps=3, lr=1e-2):
     trainable parameters only, as ParlAI's --optimizer adamw does."""
     double_heads.train()
     optimizer = torch.optim.AdamW([p for p in double_heads.parameters() if p.requires_grad], lr=lr)
-    ids, types, mc_index, labels = recipe_batch()
+    batch = recipe_batch()
     for _ in range(steps):
-        nll, _, mc = double_heads.recipe_losses(ids, types, mc_index, labels)
-        loss = nll.sum() / labels[..., 1:].ne(-100).sum() + torch.nn.functional.cross_entropy(mc, torch.tensor([1, 1]))
+        nll, _, mc = double_heads.recipe_losses(*batch)
+        loss = nll.mean() + torch.nn.functional.cross_entropy(mc.view(2, 2), torch.tensor([1, 1]))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

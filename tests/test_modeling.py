@@ -132,6 +132,43 @@ def test_left_padded_batch_scores_like_each_context_alone(model):
         torch.testing.assert_close(batch.last_logits[i], alone.last_logits[0], atol=1e-5, rtol=0)
 
 
+def test_training_from_shared_contexts_equals_the_recipes_whole_sequences(model):
+    """recipe_losses runs each context once and its candidates as continuations; the recipe
+    runs every (context + candidate) as one sequence. Same losses, same gradients."""
+    contexts = [context(9, 20), context(5, 21)]
+    cands = [candidate(n, 20 + s) for s, n in enumerate([4, 6, 3, 5, 2])]
+    owner, gold = torch.tensor([0, 0, 0, 1, 1]), torch.tensor([2, 4])
+    params = [p for p in model.parameters()]
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        with torch.enable_grad():
+            nll, mc = fn()
+            (nll.sum() + mc.sum()).backward()
+        grads = [p.grad.clone() for p in params if p.grad is not None]
+        model.zero_grad()
+        return nll.detach(), mc.detach(), grads
+
+    def shared():
+        token_nll, argmax, mc = model.recipe_losses(
+            *left_pad(contexts), owner, *right_pad(cands)[:2], right_pad(cands)[2], gold
+        )
+        assert token_nll.shape == argmax.shape == (2, 5) and mc.shape == (5,)
+        assert (argmax[0, 3:] == -100).all() and (token_nll[0, 3:] == 0).all()  # 4 tokens: 3 labels
+        return token_nll[token_nll.ne(0)], mc
+
+    def whole():
+        mcs, nlls = zip(*(full_sequence_scores(model, contexts[owner[i]], cands[i]) for i in range(5)))
+        return torch.cat([nlls[i] for i in gold.tolist()]), torch.stack(mcs)
+
+    got, want = loss_and_grads(shared), loss_and_grads(whole)
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=0)
+    assert len(got[2]) == len(want[2]) > 0
+    for g, w in zip(got[2], want[2]):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
 def greedy_cached(model, prefix, steps):
     """Greedy decoding one extend() per token: (tokens [B, steps], logits [B, steps, V])."""
     tokens, seen = [], []
