@@ -1,7 +1,8 @@
 """P5 `parlai interactive -mf MODEL`: seconds from starting the command to the first reply.
 
 The command gets one line on stdin; the clock stops at the first `[Agent]: ...` line it
-prints. Skipped, with a note, when no model file (or zoo path) is given.
+prints. A first, untimed run does the once-per-machine set-up (a zoo model is built into
+the datapath, the SmolLM2 GGUF de-quantized): P5 is the start-up a user sees every time after.
 """
 import os
 import re
@@ -37,8 +38,9 @@ def first_reply_seconds(model_file, device, extra=(), timeout=300):
 
 
 def run(model_file, device, reps, extra=()):
+    setup, _ = first_reply_seconds(model_file, device, extra, timeout=1200)
     times, reply = [], None
     for _ in range(reps):
         seconds, reply = first_reply_seconds(model_file, device, extra)
         times.append(seconds)
-    return {"times": {"parlai interactive: first reply": times}, "reply": reply}
+    return {"times": {"parlai interactive: first reply": times}, "reply": reply, "setup_seconds": setup}

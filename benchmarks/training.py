@@ -6,6 +6,11 @@ Plain loop = the original `train.py` update: double-heads forward with `labels` 
 On `--device cuda` both sides run in bf16 (torch.autocast around each step: ParlAI has no
 bf16 option) and fp16 (the agent with ParlAI's own `--fp16 true`; the plain loop with
 autocast + GradScaler), and model FLOPs utilisation = 6 x parameters x tokens/s / bf16 peak.
+
+Tokens are the recipe's: every candidate as a whole sequence (context + reply), what the
+plain loop runs. The agent runs each context once and its candidates after it
+(`DoubleHeads.recipe_losses`), so it does less work for the same batch: its tokens/s (and
+MFU) are recipe-token equivalents, the speed a user sees, not the FLOPs it executes.
 """
 import contextlib
 

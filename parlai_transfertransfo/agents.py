@@ -101,9 +101,9 @@ class TransfertransfoAgent(TorchGeneratorAgent):
 
     def build_model(self):
         init_path = self._init_model_path()
-        if init_path is not None:  # ParlAI loads its own weights over these next
+        if init_path is not None:  # ParlAI loads its own weights over these next, strictly
             config = backbones.load_config_file(init_path + ".hf_config.json")
-            double_heads = backbones.double_heads_from_config(config)
+            double_heads = backbones.double_heads_from_config(config, initialize=False)
         else:
             double_heads = backbones.load_double_heads(self.opt["model_name"], self.opt.get("datapath"))
         if double_heads.vocab_size != len(self.dict):

@@ -81,14 +81,30 @@ def load_double_heads(model_name: str, cache_dir: str | None = None) -> DoubleHe
     return double_heads
 
 
-def double_heads_from_config(config) -> DoubleHeads:
-    """Randomly initialised DoubleHeads: needs neither the hub nor the original weights."""
+def double_heads_from_config(config, initialize=True) -> DoubleHeads:
+    """Randomly initialised DoubleHeads: needs neither the hub nor the original weights.
+
+    initialize=False zero-fills the weights instead, for a caller that loads every one of
+    them next (a ParlAI model file, strictly): random init of 135M weights costs seconds
+    of start-up on CPU for nothing. Zeros, not uninitialised memory: ParlAI's multi-worker
+    start compares parameter norms before loading, and garbage may hold NaN.
+    """
+    import contextlib
+
+    from transformers.initialization import no_init_weights
+
     lm_class = lm_class_for(config)
-    if hasattr(lm_class, "from_config"):  # the Auto class
-        lm = lm_class.from_config(config, dtype=torch.float32)
-    else:
-        lm = lm_class(config)
-    return DoubleHeads(lm.float())
+    with contextlib.nullcontext() if initialize else no_init_weights():
+        if hasattr(lm_class, "from_config"):  # the Auto class
+            lm = lm_class.from_config(config, dtype=torch.float32)
+        else:
+            lm = lm_class(config)
+        double_heads = DoubleHeads(lm.float())
+    if not initialize:
+        with torch.no_grad():
+            for param in double_heads.parameters():
+                param.zero_()
+    return double_heads
 
 
 def save_config(config, path: str):
