@@ -94,11 +94,11 @@ def main(argv=None):
             report("P2", model, r)
         if "P3" in only:
             from benchmarks import training
-            for dtype in (["fp32"] if args.device == "cpu" else ["bf16", "fp16"]):
+            for dtype in (["fp32", "bf16"] if args.device == "cpu" else ["bf16", "fp16"]):
                 r = training.run(model, args.workdir, args.device, args.reps, dialogs, batch, dtype, args.peak_tflops)
                 notes.append(f"P3 {model} {dtype}: batch {batch} x 2 candidates, "
                              f"{r['tokens_per_step'][1]} tokens in the first timed step, {r['params'] / 1e6:.0f}M parameters")
-                report("P3" if dtype == "fp32" else "P3", f"{model} {dtype}", r)
+                report("P3", f"{model} {dtype}", r)
     if "P5" in only:
         from benchmarks import interactive
         r = interactive.run(args.interactive_model_file, args.device, args.reps)

@@ -5,6 +5,7 @@ The recipe in four steps, each in its own module:
   -> ranking from a cached prefix and incremental decoding (modeling.py, driven here).
 ParlAI supplies the rest: training loop, optimizers, metrics, beam/nucleus search.
 """
+import contextlib
 import os
 import random
 
@@ -17,6 +18,7 @@ from parlai.utils.misc import warn_once
 from parlai_transfertransfo import backbones, inputs, registration
 from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
 from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
+from parlai_transfertransfo.errors import TransfertransfoError
 from parlai_transfertransfo.history import RecipeHistory
 from parlai_transfertransfo.parlai_model import TransfertransfoModel
 
@@ -53,6 +55,10 @@ class TransfertransfoAgent(TorchGeneratorAgent):
                            help="train LoRA adapters of this rank (plus the new token "
                            "embeddings and the MC head) instead of every weight; 0: full")
         group.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling numerator")
+        group.add_argument("--bf16", type="bool", default=False,
+                           help="run the model under torch.autocast(bfloat16), weights and "
+                           "optimizer in float32: ~2x faster on GPUs and on CPUs with "
+                           "AVX512-BF16 or AMX (not with --fp16)")
         group.add_argument("--persona", type=str, default=None,
                            help="chat persona when the conversation has none: sentences "
                            "separated by '|', or 'random' (a training persona)")
@@ -80,6 +86,8 @@ class TransfertransfoAgent(TorchGeneratorAgent):
 
     def __init__(self, opt, shared=None):
         self.rng = random.Random(opt.get("seed"))  # no --seed: a new random persona each chat
+        if opt.get("bf16") and opt.get("fp16"):
+            raise TransfertransfoError("--bf16 and --fp16 exclude each other: choose one")
         super().__init__(opt, shared)
         self.special = self.dict.special
         self.reply_max_tokens = opt.get("label_truncate") or 20
@@ -223,6 +231,16 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         return self.dict.vec2txt(ids)
 
     # -------------------------------------------------------------- losses
+    def _autocast(self):
+        """bfloat16 autocast with --bf16 (ParlAI's own --fp16 casts the model instead)."""
+        if not self.opt.get("bf16"):
+            return contextlib.nullcontext()
+        return torch.autocast("cuda" if self.use_cuda else "cpu", dtype=torch.bfloat16)
+
+    def eval_step(self, batch):
+        with self._autocast():
+            return super().eval_step(batch)
+
     def _reply_vec(self, text):
         return self.dict.txt2vec(text)
 
@@ -277,6 +295,10 @@ class TransfertransfoAgent(TorchGeneratorAgent):
     def compute_loss(self, batch, return_output=False):
         if batch.label_vec is None:
             raise ValueError("Cannot compute loss without a label.")
+        with self._autocast():  # train_step's backward then runs outside it, as it should
+            return self._recipe_loss(batch, return_output)
+
+    def _recipe_loss(self, batch, return_output):
         with_mc = self.is_training and self.opt["mc_coef"] > 0
         gold = self._gold_candidates(batch)
         if gold is not None:  # evaluation: ppl and ranking from one pass (see ranking)

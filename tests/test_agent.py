@@ -68,6 +68,36 @@ def test_every_backbone_trains_with_lm_and_mc_losses(backbone, tmp_path):
     assert losses[-1] < losses[0]
 
 
+def test_bf16_autocast_computes_the_fp32_losses_to_bf16_precision_and_trains(tiny_llama_dir, tmp_path):
+    """--bf16 runs the same recipe under bfloat16 autocast: float32 weights and optimizer,
+    losses within bf16 rounding of the float32 run's, and they go down."""
+    example = first_example()
+    example["labels"] = example.pop("eval_labels")
+    first_losses = {}
+    for bf16 in ("false", "true"):
+        torch.manual_seed(0)  # the same new MC head on both sides
+        agent = make_agent(tiny_llama_dir, tmp_path, "-lr", 1e-3, "--num-candidates", 3,
+                           "--bf16", bf16)
+        losses = []
+        for _ in range(4):
+            agent.observe(Message(example))
+            metrics = agent.act()["metrics"]
+            losses.append(metrics["loss"].value() + metrics["mc_loss"].value())
+            agent.reset()
+        assert losses[-1] < losses[0]
+        assert all(p.dtype == torch.float32 for p in agent.model.parameters())
+        first_losses[bf16] = losses[0]
+    assert first_losses["true"] == pytest.approx(first_losses["false"], rel=0.02)
+    assert first_losses["true"] != first_losses["false"]  # really ran in bfloat16
+
+
+def test_bf16_and_fp16_together_is_one_clear_error(tiny_llama_dir, tmp_path):
+    from parlai_transfertransfo.errors import TransfertransfoError
+
+    with pytest.raises(TransfertransfoError, match="--bf16 and --fp16"):
+        make_agent(tiny_llama_dir, tmp_path, "--bf16", "true", "--fp16", "true")
+
+
 @pytest.mark.parametrize("rank_by", ["mc", "lm"])
 def test_one_evaluation_pass_gives_the_ppl_and_ranking_of_separate_passes(rank_by, backbone, tmp_path):
     """With the gold label among the candidates, eval_step scores context + candidates once
