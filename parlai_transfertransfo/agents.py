@@ -122,7 +122,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
 
             new_tokens = [special.bos, special.eos, special.speaker1, special.speaker2, special.pad]
             lora.apply_lora(double_heads, self.opt["lora_rank"], self.opt["lora_alpha"], new_tokens)
-        return TransfertransfoModel(double_heads, special)
+        return TransfertransfoModel(double_heads, special, self.dict.never_generated_ids())
 
     def save(self, path=None):
         path = self.opt.get("model_file") if path is None else path

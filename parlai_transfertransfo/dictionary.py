@@ -178,6 +178,15 @@ class TransfertransfoDictionaryAgent(DictionaryAgent):
         self.end_idx, self.unk_idx = self[self.end_token], self[self.unk_token]
         self.special = special_ids(self.hf_tokenizer)
 
+    def never_generated_ids(self):
+        """Every special token of the tokenizer but `<eos>`: the recipe's own control tokens
+        and the backbone's (GPT-2's `<|endoftext|>`, SmolLM2's chat-template `<|im_start|>`
+        ...), none of which a PERSONA-CHAT reply can contain."""
+        special = {i for i, tok in self.hf_tokenizer.added_tokens_decoder.items() if tok.special}
+        special |= set(self.hf_tokenizer.all_special_ids)
+        special |= {self.special.bos, self.special.speaker1, self.special.speaker2, self.special.pad}
+        return sorted(special - {self.special.eos})
+
     def _use(self, tokenizer):
         self.num_added_tokens = add_special_tokens(tokenizer)
         self.hf_tokenizer = tokenizer

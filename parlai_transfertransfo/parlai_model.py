@@ -10,14 +10,15 @@ class TransfertransfoModel(TorchGeneratorModel):
     that cache one token at a time, starting from the reply's `<speaker1>` token.
     """
 
-    def __init__(self, double_heads, special):
+    def __init__(self, double_heads, special, banned_ids=None):
         super().__init__(
             padding_idx=special.pad, start_idx=special.speaker1, end_idx=special.eos
         )
         self.double_heads = double_heads
         self.special = special
-        banned = [special.bos, special.speaker1, special.speaker2, special.pad]
-        self.register_buffer("banned_ids", torch.tensor(banned, dtype=torch.long), persistent=False)
+        if banned_ids is None:  # the recipe's control tokens; the agent adds the backbone's
+            banned_ids = [special.bos, special.speaker1, special.speaker2, special.pad]
+        self.register_buffer("banned_ids", torch.tensor(banned_ids, dtype=torch.long), persistent=False)
 
     def forward(self, *recipe_batch):
         """Training: contexts + candidates -> (token_nll, token_argmax, mc_logits); see
@@ -47,7 +48,7 @@ class TransfertransfoModel(TorchGeneratorModel):
         return self.double_heads.select(incremental_state, inds)
 
     def output(self, logits):
-        """No special token but `<eos>` may ever be generated."""
+        """No special token but `<eos>` may ever be generated (`banned_ids`)."""
         logits = logits.clone()
         logits[..., self.banned_ids] = torch.finfo(logits.dtype).min
         return logits

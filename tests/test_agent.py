@@ -164,6 +164,21 @@ def test_special_token_strings_from_a_user_are_plain_text(tiny_gpt2_dir, tmp_pat
     assert agent.dict.vec2txt(ids[1:]).startswith("i like <bos> cats.")
 
 
+def test_the_backbones_own_special_tokens_are_never_generated(tiny_llama_dir, tmp_path):
+    """GPT-2's <|endoftext|> (and SmolLM2's chat-template tokens) cannot occur in a
+    PERSONA-CHAT reply: decoding masks them as it masks the recipe's control tokens."""
+    agent = make_agent(tiny_llama_dir, tmp_path)
+    endoftext = agent.dict.hf_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    logits = torch.zeros(1, 1, len(agent.dict))
+    logits[..., endoftext] = 100.0
+    logits[..., agent.special.speaker2] = 99.0
+    logits[..., agent.special.eos] = 98.0
+    assert int(agent.model.output(logits).argmax()) == agent.special.eos
+    assert set(agent.model.banned_ids.tolist()) == {
+        endoftext, agent.special.bos, agent.special.speaker1, agent.special.speaker2, agent.special.pad
+    }
+
+
 def test_chat_persona_defaults_to_the_tutorial_persona(tiny_gpt2_dir, tmp_path):
     agent = make_agent(tiny_gpt2_dir, tmp_path, "--interactive-mode", "true")
     agent.observe(Message({"text": "hello, who are you?", "episode_done": False}))
