@@ -315,10 +315,11 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         gold_labels = gold_labels.masked_fill(~notnull, -100)
         n_tokens = notnull.long().sum(-1)
         correct = (preds == gold_labels) & notnull
-        self.record_local_metric("loss", AverageMetric.from_mask(token_loss, notnull))
-        self.record_local_metric("ppl", PPLMetric.from_mask(token_loss, notnull))
-        self.record_local_metric("token_acc", AverageMetric.from_mask(correct, notnull))
-        self.record_local_metric("token_em", AverageMetric.many(correct.sum(-1) == n_tokens))
+        record = self._record_per_example(len(gold_rows) // max(1, len(batch.segments)))
+        record("loss", AverageMetric.from_mask(token_loss, notnull))
+        record("ppl", PPLMetric.from_mask(token_loss, notnull))
+        record("token_acc", AverageMetric.from_mask(correct, notnull))
+        record("token_em", AverageMetric.many(correct.sum(-1) == n_tokens))
         lm_loss = token_loss.sum() / n_tokens.sum().clamp(min=1)
         loss = self.opt["lm_coef"] * lm_loss
         if with_mc:  # [R, C] logits, missing distractors masked out, the gold reply last
@@ -327,12 +328,26 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             mc_logits = mc_logits.masked_fill(~present, torch.finfo(torch.float32).min)
             gold = torch.full((mc_logits.size(0),), mc_logits.size(1) - 1, device=mc_logits.device)
             mc_per_example = F.cross_entropy(mc_logits, gold, reduction="none")
-            self.record_local_metric("mc_loss", AverageMetric.many(mc_per_example))
-            self.record_local_metric("mc_acc", AverageMetric.many(mc_logits.argmax(-1) == gold))
+            record("mc_loss", AverageMetric.many(mc_per_example))
+            record("mc_acc", AverageMetric.many(mc_logits.argmax(-1) == gold))
             loss = loss + self.opt["mc_coef"] * mc_per_example.mean()
         if return_output:
             return loss, (token_loss, preds)
         return loss
+
+    def _record_per_example(self, rows_per_example):
+        """record_local_metric for rows that come `rows_per_example` to an example (its
+        persona rotations, example-major): ParlAI wants one metric per example, so each
+        example's rows are summed into one (AverageMetric + AverageMetric pools them)."""
+        def record(name, metrics):
+            if rows_per_example > 1:
+                metrics = [
+                    sum(metrics[i + 1 : i + rows_per_example], metrics[i])
+                    for i in range(0, len(metrics), rows_per_example)
+                ]
+            self.record_local_metric(name, metrics)
+
+        return record
 
     # ------------------------------------------------------------- ranking
     def _candidate_inputs(self, batch):

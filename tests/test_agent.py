@@ -68,6 +68,27 @@ def test_every_backbone_trains_with_lm_and_mc_losses(backbone, tmp_path):
     assert losses[-1] < losses[0]
 
 
+def test_personality_permutations_train_every_rotation_and_report_once_per_example(tiny_gpt2_dir, tmp_path):
+    """--personality-permutations 2: each example trains on its persona and on the persona
+    rotated by one sentence (the recipe's permutations); ParlAI still gets one metric per
+    example, pooling the two rotations' tokens."""
+    example = first_example()
+    example["labels"] = example.pop("eval_labels")
+    label_tokens = {}
+    for permutations in (1, 2):
+        agent = make_agent(tiny_gpt2_dir, tmp_path, "--personality-permutations", permutations,
+                           "--num-candidates", 2, "-bs", 2)
+        observations = []
+        for _ in range(2):
+            observations.append(agent.observe(Message(example)))
+            agent.reset()
+        replies = agent.batch_act(observations)
+        assert len(replies) == 2
+        label_tokens[permutations] = replies[0]["metrics"]["loss"]._denom
+        assert replies[0]["metrics"]["mc_acc"]._denom == permutations
+    assert label_tokens[2] == 2 * label_tokens[1] > 0
+
+
 def test_bf16_autocast_computes_the_fp32_losses_to_bf16_precision_and_trains(tiny_llama_dir, tmp_path):
     """--bf16 runs the same recipe under bfloat16 autocast: float32 weights and optimizer,
     losses within bf16 rounding of the float32 run's, and they go down."""
