@@ -260,6 +260,20 @@ def load_model_file(model_file):
     weights = {k[len(prefix):]: v for k, v in states.get("model", {}).items() if k.startswith(prefix)}
     if not weights:
         raise TransfertransfoError(f"'{model_file}' holds no transfertransfo model weights")
-    double_heads.load_state_dict(weights)
+    lora_a = [v for k, v in weights.items() if k.endswith(".lora_A")]
+    if lora_a:  # trained with --lora-rank: wrap the same way, load, then fold the deltas in
+        from parlai.core.opt import Opt
+
+        from parlai_transfertransfo import lora
+
+        alpha = Opt.load(model_file + ".opt").get("lora_alpha", 16.0) if os.path.exists(model_file + ".opt") else 16.0
+        new_ids = next(v for k, v in weights.items() if k.endswith(".new_token_ids"))
+        lora.apply_lora(double_heads, lora_a[0].shape[0], alpha, new_ids.tolist())
+    try:
+        double_heads.load_state_dict(weights)
+    except RuntimeError as e:
+        raise TransfertransfoError(f"'{model_file}' does not fit its .hf_config.json: {_one_line(e)}")
+    if lora_a:
+        lora.merge_lora(double_heads)
     return double_heads.float().eval()
 

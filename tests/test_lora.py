@@ -217,3 +217,22 @@ def test_zoo_build_from_the_extracted_artifact_scores_like_the_lora_model(lora_t
     assert trained["exs"] == merged["exs"] == 29
     for metric in ("hits@1", "hits@5", "hits@10", "loss", "ppl", "token_acc"):
         assert merged[metric] == pytest.approx(trained[metric], rel=1e-4, abs=1e-6), metric
+
+
+@needs_lora_option
+def test_a_lora_model_file_exports_merged_with_the_same_outputs(lora_trained, tmp_path):
+    """`parlai export_transfertransfo` folds the LoRA deltas in: the exported causal LM + MC
+    head compute what the LoRA model file computes."""
+    from test_export import agent_double_heads, recipe_input
+
+    model_file, _, _ = lora_trained
+    parlai("export_transfertransfo", "-mf", model_file, "--out", tmp_path / "export")
+    exported = backbones.load_double_heads(str(tmp_path / "export")).eval()
+    with_lora, dictionary = agent_double_heads(model_file)
+    assert lora.is_lora(with_lora) and not lora.is_lora(exported)
+    ids, types, mc_index = recipe_input(dictionary)
+    with torch.no_grad():
+        want_lm, want_mc = with_lora(ids, types, mc_index)
+        got_lm, got_mc = exported(ids, types, mc_index)
+    torch.testing.assert_close(got_lm, want_lm, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got_mc, want_mc, rtol=0, atol=1e-4)
