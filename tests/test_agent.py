@@ -89,6 +89,24 @@ def test_personality_permutations_train_every_rotation_and_report_once_per_examp
     assert label_tokens[2] == 2 * label_tokens[1] > 0
 
 
+@pytest.mark.parametrize("candidates", [True, False])
+def test_verbose_evaluation_reports_each_label_tokens_loss(candidates, tiny_gpt2_dir, tmp_path):
+    """ParlAI's -v (and --verbose-topk): per-token losses of the gold reply, which add up
+    to the reported loss, and the top logits at each of its positions."""
+    agent = make_agent(tiny_gpt2_dir, tmp_path, "--verbose", "--verbose-topk", 3,
+                       "--skip-generation", "true")
+    example = first_example()
+    if not candidates:
+        del example["label_candidates"]
+    reply = agent.batch_act([agent.observe(Message(example))])[0]
+    tokens = reply["token_losses"]
+    label = agent.dict.txt2vec(example["eval_labels"][0]) + [agent.special.eos]
+    assert [t for t, _ in tokens] == [agent.dict[i] for i in label]
+    loss = reply["metrics"]["loss"]
+    assert sum(l for _, l in tokens) == pytest.approx(loss.value() * loss._denom, rel=1e-4)
+    assert len(reply["logits"]) == len(label) and len(reply["logits"][0]) == 3
+
+
 def test_bf16_autocast_computes_the_fp32_losses_to_bf16_precision_and_trains(tiny_llama_dir, tmp_path):
     """--bf16 runs the same recipe under bfloat16 autocast: float32 weights and optimizer,
     losses within bf16 rounding of the float32 run's, and they go down."""
