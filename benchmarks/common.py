@@ -91,6 +91,12 @@ def double_heads(agent):
     return model.double_heads
 
 
+def batchify(agent, observations):
+    """agent.batchify, on the agent's device (ParlAI moves batches only inside batch_act)."""
+    batch = agent.batchify(observations)
+    return batch.to(next(agent.model.parameters()).device)
+
+
 def observed(agent, message):
     """The agent's vectorized observation of one self-contained message (history reset first)."""
     agent.reset()

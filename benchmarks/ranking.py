@@ -10,7 +10,7 @@ and with candidates only (ranking alone).
 """
 import torch
 
-from benchmarks.common import context_near, double_heads, interleaved, make_agent, message, observed
+from benchmarks.common import batchify, context_near, double_heads, interleaved, make_agent, message, observed
 from parlai_transfertransfo import inputs
 
 
@@ -44,7 +44,7 @@ def run(model, workdir, device, reps, dialogs, context_tokens=200):
 
     # Same computation first: the agent's ranking scores equal the full-sequence MC logits.
     obs = observed(agent, with_labels)
-    batch = agent.batchify([obs])
+    batch = batchify(agent, [obs])
     choices, scores = agent.rank_eval_label_candidates(batch, 1)
     ours = dict(zip(choices[0], scores[0].float().tolist()))
     theirs = full_sequence_scores(agent, obs, device).float().tolist()

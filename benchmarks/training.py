@@ -3,10 +3,11 @@
 
 Plain loop = the original `train.py` update: double-heads forward with `labels` and
 `mc_labels`, `lm_coef * lm_loss + mc_coef * mc_loss`, backward, clip to 1.0, AdamW step.
-Besides fp32, both sides run in bf16 (the agent with its `--bf16 true`, the plain loop
-under torch.autocast) on CPU and GPU, and in fp16 on `--device cuda` (the agent with
-ParlAI's own `--fp16 true`; the plain loop with autocast + GradScaler). On a GPU, model
-FLOPs utilisation = 6 x parameters x tokens/s / bf16 peak.
+On CPU both sides run in fp32 and in bf16 (the agent with its `--bf16 true`, the plain
+loop under torch.autocast); on `--device cuda` in bf16 and fp16 (the agent with ParlAI's
+own `--fp16 true`, which halves its weights; the plain loop with autocast + GradScaler on
+a float32 copy), with model FLOPs utilisation = 6 x parameters x tokens/s / bf16 peak.
+fp16 is timed without the equality check: ParlAI's fp16 and autocast round differently.
 
 Tokens are the recipe's: every candidate as a whole sequence (context + reply), what the
 plain loop runs. The agent runs each context once and its candidates after it
@@ -14,11 +15,12 @@ plain loop runs. The agent runs each context once and its candidates after it
 MFU) are recipe-token equivalents, the speed a user sees, not the FLOPs it executes.
 """
 import contextlib
+import copy
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import double_heads, interleaved, make_agent, median, message, observed
+from benchmarks.common import batchify, double_heads, interleaved, make_agent, median, message, observed
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "L40": 181e12}
@@ -84,7 +86,7 @@ def run(model, workdir, device, reps, dialogs, batch_size=4, dtype="fp32", peak_
     tensors = []
     for obs in obs_batches:
         agent.is_training = True
-        model_inputs, cand_index = agent._recipe_batch(agent.batchify(obs), True)
+        model_inputs, cand_index = agent._recipe_batch(batchify(agent, obs), True)
         assert bool(cand_index.ge(0).all()), "every example has its distractor"
         cpu = [t.cpu() for t in model_inputs]
         tensors.append(tuple(t.to(device) for t in whole_sequences(cpu, cand_index.cpu(), agent.special.pad)))
@@ -102,15 +104,18 @@ def run(model, workdir, device, reps, dialogs, batch_size=4, dtype="fp32", peak_
     if dtype != "fp16":  # ParlAI's --fp16 casts the weights both sides share
         agent.model.eval()
         with torch.no_grad():
-            ours = float(agent.compute_loss(agent.batchify(obs_batches[0])))
+            ours = float(agent.compute_loss(batchify(agent, obs_batches[0])))
             with autocast("plain"):
                 lm_loss, mc_loss = plain_losses(heads, *tensors[0])
             theirs = float(opt["lm_coef"] * lm_loss + opt["mc_coef"] * mc_loss)
         if abs(ours - theirs) > (1e-4 if dtype == "fp32" else 0.02 * abs(theirs)):
             raise AssertionError(f"P3 {model} {dtype}: losses differ: {ours} vs {theirs}")
 
+    if dtype == "fp16":  # the agent's --fp16 halved the shared weights: the plain loop gets
+        heads = copy.deepcopy(heads).float()  # its own float32 copy, as autocast expects
     params = [p for p in heads.parameters() if p.requires_grad]
-    defaults = agent.optimizer.defaults if hasattr(agent.optimizer, "defaults") else {}
+    inner = getattr(agent.optimizer, "optimizer", agent.optimizer)  # ParlAI's fp16 wrappers
+    defaults = getattr(inner, "defaults", {})
     adamw = torch.optim.AdamW(params, **{k: defaults[k] for k in ("lr", "betas", "eps", "weight_decay")
                                           if k in defaults})
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
