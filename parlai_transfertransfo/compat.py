@@ -118,7 +118,8 @@ def fix_ddp_on_cpu(tga):
     init = tga.TorchGeneratorAgent.__init__
 
     def __init__(self, opt, shared=None):
-        if shared is not None or not is_distributed() or torch.cuda.is_available():
+        on_gpu = torch.cuda.is_available() and not opt.get("no_cuda")
+        if shared is not None or not is_distributed() or on_gpu:
             return init(self, opt, shared)
         torch.nn.parallel.DistributedDataParallel = CpuDistributedDataParallel
         try:
