@@ -148,12 +148,20 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             return personas.random_persona(self.rng)
         return personas.parse_persona_arg(arg)
 
+    def _instance_limit(self, reply_len):
+        """Most tokens an instance with a reply of `reply_len` may have: the model's
+        positions, and ParlAI's --text-truncate (or --truncate) on the context when set."""
+        limit = self.max_positions
+        if self.text_truncate:  # the context: everything but the reply's <speaker> .. <eos>
+            limit = min(limit, self.text_truncate + reply_len + 2)
+        return limit
+
     def _segments(self, history, reply_budget):
         """Persona and recent history as token lists, truncated to fit the model."""
         utterances = inputs.recent_history(history.utterance_vecs, self.opt["max_history"])
         persona = list(history.persona_vecs)
         persona, utterances, _, notes = inputs.truncate(
-            persona, utterances, [0] * reply_budget, self.max_positions
+            persona, utterances, [0] * reply_budget, self._instance_limit(reply_budget)
         )
         for note in notes:
             if not note.startswith("cut the reply"):  # a placeholder here, not the reply
@@ -272,7 +280,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             longest = max(len(r) for r in replies)
             for rotation in rotations:
                 rotated = inputs.rotate_persona(persona, rotation)
-                p, h, kept, _ = inputs.truncate(rotated, history, [0] * longest, self.max_positions)
+                p, h, kept, _ = inputs.truncate(rotated, history, [0] * longest, self._instance_limit(longest))
                 ids, types, reply_type = inputs.build_prefix(p, h, special)
                 layout.append([len(cands) + j for j in range(len(replies))])
                 for reply in replies:

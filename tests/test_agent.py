@@ -107,6 +107,28 @@ def test_verbose_evaluation_reports_each_label_tokens_loss(candidates, tiny_gpt2
     assert len(reply["logits"]) == len(label) and len(reply["logits"][0]) == 3
 
 
+def test_text_truncate_keeps_the_most_recent_context_within_its_tokens(tiny_gpt2_dir, tmp_path):
+    """ParlAI's --text-truncate bounds the context (persona + history) in tokens, for
+    training as for inference: the oldest history goes first, then persona sentences."""
+    example = first_example()
+    full = make_agent(tiny_gpt2_dir, tmp_path)
+    full.observe(Message(example))
+    assert len(full.observation["text_vec"]) == 39
+    agent = make_agent(tiny_gpt2_dir, tmp_path, "--text-truncate", 24)
+    agent.observe(Message(example))
+    ids = agent.observation["text_vec"].tolist()
+    assert 0 < len(ids) <= 24
+    assert len(agent.observation["tt_persona"]) < len(full.observation["tt_persona"])
+    assert agent.dict.vec2txt(ids).endswith("hello what are doing today ?")  # the partner's line kept
+    assert agent.observation["tt_persona"] == full.observation["tt_persona"][: len(agent.observation["tt_persona"])]
+    example["labels"] = example.pop("eval_labels")
+    agent.reset()
+    agent.is_training = True
+    batch = agent.batchify([agent.observe(Message(example))])
+    (ids, *_), _ = agent._recipe_batch(batch, True)
+    assert ids.size(1) <= 24
+
+
 def test_bf16_autocast_computes_the_fp32_losses_to_bf16_precision_and_trains(tiny_llama_dir, tmp_path):
     """--bf16 runs the same recipe under bfloat16 autocast: float32 weights and optimizer,
     losses within bf16 rounding of the float32 run's, and they go down."""
