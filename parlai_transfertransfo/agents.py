@@ -85,7 +85,10 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         return RecipeHistory
 
     def __init__(self, opt, shared=None):
-        self.rng = random.Random(opt.get("seed"))  # no --seed: a new random persona each chat
+        # --persona random: a new persona each chat, unless --seed is on this command line
+        # (a training run's seed, saved in the model's .opt, must not fix every chat's persona)
+        given = opt.get("override", {})
+        self.rng = random.Random(opt.get("seed") if "seed" in given else None)
         if opt.get("bf16") and opt.get("fp16"):
             raise TransfertransfoError("--bf16 and --fp16 exclude each other: choose one")
         super().__init__(opt, shared)

@@ -256,6 +256,16 @@ def test_chat_persona_from_the_command_line(tiny_gpt2_dir, tmp_path):
     assert len(random_agent.history.persona) >= 3
 
 
+def test_random_chat_persona_changes_each_chat_unless_seeded(tiny_gpt2_dir, tmp_path):
+    def persona(*args):
+        agent = make_agent(tiny_gpt2_dir, tmp_path, "--persona", "random", *args)
+        agent.observe(Message({"text": "hello!", "episode_done": False}))
+        return tuple(agent.history.persona)
+
+    assert len({persona() for _ in range(4)}) > 1  # 17878 training personas to draw from
+    assert persona("--seed", 3) == persona("--seed", 3)
+
+
 @pytest.mark.parametrize(
     "inference", [["greedy"], ["beam", "--beam-size", 3], ["topk", "--topk", 5],
                   ["nucleus", "--topp", 0.9], ["delayedbeam", "--beam-size", 2, "--topk", 5]]
