@@ -85,10 +85,9 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         return RecipeHistory
 
     def __init__(self, opt, shared=None):
-        # --persona random: a new persona each chat, unless --seed is on this command line
-        # (a training run's seed, saved in the model's .opt, must not fix every chat's persona)
-        given = opt.get("override", {})
-        self.rng = random.Random(opt.get("seed") if "seed" in given else None)
+        # --persona random: a new persona each chat (never from train_model's --seed, which
+        # the model's .opt keeps)
+        self.rng = random.Random()
         if opt.get("bf16") and opt.get("fp16"):
             raise TransfertransfoError("--bf16 and --fp16 exclude each other: choose one")
         super().__init__(opt, shared)
