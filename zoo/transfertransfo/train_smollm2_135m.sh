@@ -22,7 +22,7 @@ set -euo pipefail
 
 usage() {
   echo "usage: $0 [--device cpu|cuda] [--hours H] [--epochs N] [--rank R] [--lr LR]" \
-       "[--bf16 true|false] [--out DIR] [--artifact PATH] [--model-name NAME]" \
+       "[--bf16 auto|true|false] [--out DIR] [--artifact PATH] [--model-name NAME]" \
        "[--dev-examples N]" >&2
   exit 2
 }
@@ -35,7 +35,7 @@ HOURS=8
 EPOCHS=3
 RANK=8
 LR=4e-4
-BF16=true
+BF16=auto
 OUT=
 MODEL_NAME=smollm2-135m
 ARTIFACT=
@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
     --epochs) number --epochs "$2"; EPOCHS=$2 ;;
     --rank) number --rank "$2"; RANK=$2 ;;
     --lr) number --lr "$2"; LR=$2 ;;
-    --bf16) BF16=$2 ;;  # true: bfloat16 autocast (float32 weights); false: float32
+    --bf16) BF16=$2 ;;  # true: bfloat16 autocast (float32 weights); false: float32; auto
     --out) OUT=$2 ;;
     --artifact) ARTIFACT=$2 ;;
     --dev-examples) number --dev-examples "$2"; DEV_EXAMPLES=$2 ;;
@@ -78,6 +78,11 @@ case "$DEVICE" in
   cuda) DEVICE_FLAGS=(--gpu 0) ;;
   *) echo "--device is cpu or cuda" >&2; exit 2 ;;
 esac
+if [ "$BF16" = auto ]; then  # bf16 pays on GPUs and on CPUs with bf16 instructions only
+  BF16=false
+  if [ "$DEVICE" = cuda ] || grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then BF16=true; fi
+fi
+case "$BF16" in true|false) ;; *) echo "--bf16 is true, false or auto" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
 # One datapath for every run: the GGUF is de-quantized there once (~20 s).
 DATA=(-t convai2_file --convai2-file "$DIALOGS" --valid-split 100 --datapath "$OUT/data")
