@@ -343,15 +343,17 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             record("mc_loss", AverageMetric.many(mc_per_example))
             record("mc_acc", AverageMetric.many(mc_logits.argmax(-1) == gold))
             loss = loss + self.opt["mc_coef"] * mc_per_example.mean()
-        if return_output:  # only eval_step asks, for -v / token_losses details
-            width = batch.label_vec.size(1)
-            return loss, (self._label_logits(model_inputs, gold_rows, width), preds, None)
+        if return_output:  # eval_step asks; it reads the logits only for -v / token_losses
+            logits = None
+            if self.show_token_details:
+                logits = self._label_logits(model_inputs, gold_rows, batch.label_vec.size(1))
+            return loss, (logits, preds, None)
         return loss
 
     def _label_logits(self, model_inputs, gold_rows, width):
         """Full LM logits over each gold reply, [B, width, V] aligned with `batch.label_vec`
-        (reply + `<eos>`): what ParlAI's `-v` token losses and `--verbose-topk` read. Only
-        verbose evaluation asks for them, so they cost a pass of their own."""
+        (reply + `<eos>`): what ParlAI's `-v` token losses and `--verbose-topk` read. A pass of
+        their own (and a [B, T, vocab] tensor), so only verbose evaluation computes them."""
         ids, types, mask, owner, cand_ids, cand_types, lengths = model_inputs[:7]
         heads = self._double_heads()
         prefix = heads.select(heads.encode_prefix(ids, types, mask), owner.index_select(0, gold_rows))

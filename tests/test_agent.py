@@ -107,6 +107,22 @@ def test_verbose_evaluation_reports_each_label_tokens_loss(candidates, tiny_gpt2
     assert len(reply["logits"]) == len(label) and len(reply["logits"][0]) == 3
 
 
+def test_plain_evaluation_spends_no_pass_on_label_logits(tiny_gpt2_dir, tmp_path):
+    """eval_step always asks compute_loss for its output, but only -v reads the full gold
+    reply logits: without it, ppl and hits@1 come from the one ranking pass."""
+    counts = {}
+    for verbose in (False, True):
+        agent = make_agent(tiny_gpt2_dir, tmp_path, *(["--verbose"] if verbose else []),
+                           "--skip-generation", "true")
+        label_logits = agent._label_logits
+        calls = []
+        agent._label_logits = lambda *a: calls.append(1) or label_logits(*a)
+        reply = agent.batch_act([agent.observe(Message(first_example()))])[0]
+        assert reply["metrics"]["ppl"].value() > 1 and len(reply["text_candidates"]) == 20
+        counts[verbose] = len(calls)
+    assert counts == {False: 0, True: 1}
+
+
 def test_text_truncate_keeps_the_most_recent_context_within_its_tokens(tiny_gpt2_dir, tmp_path):
     """ParlAI's --text-truncate bounds the context (persona + history) in tokens, for
     training as for inference: the oldest history goes first, then persona sentences."""
