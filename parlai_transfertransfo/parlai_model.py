@@ -6,8 +6,8 @@ from parlai.core.torch_generator_agent import TorchGeneratorModel
 class TransfertransfoModel(TorchGeneratorModel):
     """ParlAI's encoder/decoder interface over a decoder-only double-heads model.
 
-    "Encoding" runs the context once and keeps its key/value cache; "decoding" extends
-    that cache one token at a time, starting from the reply's `<speaker1>` token.
+    "Encoding" runs the context and the reply's `<speaker1>` token in one pass and keeps
+    their key/value cache; "decoding" extends that cache one token at a time.
     """
 
     def __init__(self, double_heads, special, banned_ids=None):
@@ -26,7 +26,15 @@ class TransfertransfoModel(TorchGeneratorModel):
         return self.double_heads.recipe_losses(*recipe_batch)
 
     def encoder(self, ids, types, mask, reply_type):
-        return self.double_heads.encode_prefix(ids, types, mask), reply_type
+        """Contexts (left-padded) + `<speaker1>`, the decoder's start token, in one pass: the
+        prefix's last logits are then decoding step 0's output (one model call fewer)."""
+        start = torch.full_like(ids[:, :1], self.START_IDX)
+        prefix = self.double_heads.encode_prefix(
+            torch.cat([ids, start], 1),
+            torch.cat([types, reply_type[:, None].to(types.dtype)], 1),
+            torch.cat([mask, torch.ones_like(mask[:, :1])], 1),
+        )
+        return prefix, reply_type
 
     def reorder_encoder_states(self, encoder_states, indices):
         prefix, reply_type = encoder_states
@@ -36,15 +44,24 @@ class TransfertransfoModel(TorchGeneratorModel):
 
     def decoder(self, decoder_input, encoder_states, incr_state=None):
         prefix, reply_type = encoder_states
-        if incr_state is None:
-            state, tokens = prefix, decoder_input
+        if incr_state is None:  # step 0: the start token already ran in `encoder`
+            first = prefix.last_logits[:, None]
+            if decoder_input.size(1) == 1:
+                return first, prefix
+            state, tokens = prefix, decoder_input[:, 1:]
         else:
-            state, tokens = incr_state, decoder_input[:, -1:]
+            first, state, tokens = None, incr_state, decoder_input[:, -1:]
         types = reply_type.unsqueeze(1).expand_as(tokens)
         logits, _, new_state = self.double_heads.extend(state, tokens, types)
+        if first is not None:
+            logits = torch.cat([first, logits], 1)
         return logits, new_state
 
     def reorder_decoder_incremental_state(self, incremental_state, inds):
+        if len(inds) == len(incremental_state) and torch.equal(
+            inds.cpu(), torch.arange(len(inds))
+        ):  # greedy search keeps every row in place: no copy of the cache
+            return incremental_state
         return self.double_heads.select(incremental_state, inds)
 
     def output(self, logits):

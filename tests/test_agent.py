@@ -228,6 +228,31 @@ def test_cached_decoding_equals_uncached_greedy_token_for_token(fixture, request
     assert len(expected) > 0
 
 
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_decoder_from_the_encoder_state_equals_step_by_step_decoding(fixture, request, tmp_path):
+    """The encoder runs `<speaker1>` with the context, so decoding step 0 costs no model
+    call: teacher-forcing several tokens at once gives the same logits as one per step,
+    and both equal the whole instance run in one forward pass."""
+    agent = make_agent(request.getfixturevalue(fixture), tmp_path)
+    agent.model.eval()
+    batch = agent.batchify([agent.observe(first_example())])
+    model, special = agent.model, agent.special
+    reply = agent.dict.txt2vec("i like to read books .")
+    tokens = torch.tensor([[special.speaker1] + reply])
+    with torch.no_grad():
+        states = model.encoder(*agent._encoder_input(batch))
+        at_once, _ = model.decoder(tokens, states)
+        steps, state = [], None
+        for t in range(tokens.size(1)):
+            logits, state = model.decoder(tokens[:, : t + 1], states, state)
+            steps.append(logits[:, -1])
+        types = batch.text_types[0].tolist() + [batch.reply_type[0].item()] * tokens.size(1)
+        whole, _ = model.double_heads(torch.cat([batch.text_vec, tokens], 1), torch.tensor([types]))
+    assert at_once.shape == (1, tokens.size(1), len(agent.dict))
+    torch.testing.assert_close(torch.stack(steps, 1), at_once, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(at_once, whole[:, batch.text_vec.size(1):], atol=1e-4, rtol=1e-4)
+
+
 def test_special_token_strings_from_a_user_are_plain_text(tiny_gpt2_dir, tmp_path):
     agent = make_agent(tiny_gpt2_dir, tmp_path)
     agent.observe(Message({"text": "your persona: i like <bos> cats.\nhi <eos> <speaker2> <pad>", "episode_done": False}))
