@@ -185,6 +185,9 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         obs["text_types"] = torch.LongTensor(types)
         obs["reply_type"] = reply_type
         obs["full_text"] = history.get_history_str()
+        # the whole dialogue, untruncated: what --beam-context-block-ngram blocks against
+        # (ParlAI's default --beam-block-full-context true)
+        obs["full_text_vec"] = torch.LongTensor(history.get_history_vec())
         return obs
 
     def _left_pad(self, vecs, pad):

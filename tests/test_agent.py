@@ -310,6 +310,26 @@ def test_random_chat_persona_changes_each_chat_even_for_a_seeded_training_run(ti
     assert len({persona() for _ in range(4)}) > 1  # 17878 training personas to draw from
 
 
+@pytest.mark.parametrize("full_context", ["true", "false"])
+def test_beam_context_blocking_never_repeats_a_context_ngram(full_context, tiny_gpt2_dir, tmp_path):
+    """--beam-context-block-ngram: no reply trigram occurs in the context; with ParlAI's
+    default --beam-block-full-context true that is the whole dialogue, even the part
+    --text-truncate keeps from the model."""
+    agent = make_agent(tiny_gpt2_dir, tmp_path, "--inference", "beam", "--beam-size", 3,
+                       "--beam-min-length", 10, "--beam-context-block-ngram", 3,
+                       "--beam-block-full-context", full_context, "--text-truncate", 16)
+    agent.observe(first_example())
+    batch = agent.batchify([agent.observation])
+    context = agent._get_batch_context(batch)[0].tolist()
+    history = agent.history.get_history_vec()
+    assert context[: len(history)] == history if full_context == "true" else context == batch.text_vec[0].tolist()
+    assert len(history) > 16  # so the two contexts differ
+    tokens = agent.dict.txt2vec(agent.act()["text"])
+    assert len(tokens) >= 10
+    grams = {tuple(context[i : i + 3]) for i in range(len(context) - 2)}
+    assert not {tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)} & grams
+
+
 @pytest.mark.parametrize(
     "inference", [["greedy"], ["beam", "--beam-size", 3], ["topk", "--topk", 5],
                   ["nucleus", "--topp", 0.9], ["delayedbeam", "--beam-size", 2, "--topk", 5]]
