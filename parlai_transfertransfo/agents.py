@@ -15,7 +15,7 @@ from parlai.core.metrics import AverageMetric
 from parlai.core.torch_generator_agent import PPLMetric, TorchGeneratorAgent
 from parlai.utils.misc import warn_once
 
-from parlai_transfertransfo import backbones, inputs, registration
+from parlai_transfertransfo import backbones, inputs, lora, registration
 from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
 from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
 from parlai_transfertransfo.errors import TransfertransfoError
@@ -54,7 +54,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         group.add_argument("--lora-rank", type=int, default=0,
                            help="train LoRA adapters of this rank (plus the new token "
                            "embeddings and the MC head) instead of every weight; 0: full")
-        group.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling numerator")
+        group.add_argument("--lora-alpha", type=float, default=lora.DEFAULT_ALPHA, help="LoRA scaling numerator")
         group.add_argument("--bf16", type="bool", default=False,
                            help="run the model under torch.autocast(bfloat16), weights and "
                            "optimizer in float32: ~1.5x faster training on CPUs with "
@@ -120,8 +120,6 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             double_heads.resize_token_embeddings(len(self.dict))
         special = self.dict.special
         if self.opt.get("lora_rank", 0) > 0:
-            from parlai_transfertransfo import lora
-
             new_tokens = [special.bos, special.eos, special.speaker1, special.speaker2, special.pad]
             lora.apply_lora(double_heads, self.opt["lora_rank"], self.opt["lora_alpha"], new_tokens)
         return TransfertransfoModel(double_heads, special, self.dict.never_generated_ids())
@@ -185,9 +183,9 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         obs["text_types"] = torch.LongTensor(types)
         obs["reply_type"] = reply_type
         obs["full_text"] = history.get_history_str()
-        # the whole dialogue, untruncated: what --beam-context-block-ngram blocks against
-        # (ParlAI's default --beam-block-full-context true)
-        obs["full_text_vec"] = torch.LongTensor(history.get_history_vec())
+        if self.beam_context_block_ngram > 0 and self.beam_block_full_context:
+            # the whole dialogue, untruncated: what context blocking then blocks against
+            obs["full_text_vec"] = torch.LongTensor(history.get_history_vec())
         return obs
 
     def _left_pad(self, vecs, pad):
@@ -454,10 +452,9 @@ class TransfertransfoAgent(TorchGeneratorAgent):
                 if self.opt.get("rank_by", "mc") == "lm":
                     _, _, scores = self._score_candidates(model_inputs, list(range(n)))
                 else:  # no LM head needed at all
-                    prefix = self._double_heads().encode_prefix(*model_inputs[:3])
-                    scores, _ = self._double_heads().score_candidates(
-                        prefix, *model_inputs[3:], nll=False
-                    )
+                    heads = self._double_heads()
+                    prefix = heads.encode_prefix(*model_inputs[:3])
+                    scores, _ = heads.score_candidates(prefix, *model_inputs[3:], nll=False)
         cand_choices, cand_scores, start = [], [], 0
         for i, cands in enumerate(batch.candidates):
             n = len(cands or [])

@@ -17,7 +17,7 @@ import tempfile
 
 import torch
 
-from parlai_transfertransfo import backbones
+from parlai_transfertransfo import backbones, lora
 from parlai_transfertransfo.errors import TransfertransfoError
 from parlai_transfertransfo.inputs import ATTR_TO_SPECIAL_TOKEN, SPECIAL_TOKENS
 
@@ -264,9 +264,9 @@ def load_model_file(model_file):
     if lora_a:  # trained with --lora-rank: wrap the same way, load, then fold the deltas in
         from parlai.core.opt import Opt
 
-        from parlai_transfertransfo import lora
-
-        alpha = Opt.load(model_file + ".opt").get("lora_alpha", 16.0) if os.path.exists(model_file + ".opt") else 16.0
+        alpha = lora.DEFAULT_ALPHA
+        if os.path.exists(model_file + ".opt"):
+            alpha = Opt.load(model_file + ".opt").get("lora_alpha", alpha)
         new_ids = next(v for k, v in weights.items() if k.endswith(".new_token_ids"))
         lora.apply_lora(double_heads, lora_a[0].shape[0], alpha, new_ids.tolist())
     try:

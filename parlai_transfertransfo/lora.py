@@ -28,6 +28,7 @@ from parlai_transfertransfo.errors import TransfertransfoError
 from parlai_transfertransfo.inputs import SPECIAL_TOKENS
 from parlai_transfertransfo.modeling import CAUSAL_LM_FAMILY
 
+DEFAULT_ALPHA = 16.0  # --lora-alpha
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ARTIFACT_FORMAT = "transfertransfo-lora"
 ARTIFACT_VERSION = "1"
@@ -318,7 +319,7 @@ def extract_artifact(model_file: str, out_path: str) -> int:
         raise TransfertransfoError(f"{model_file} was not trained with LoRA (--lora-rank > 0)")
     embed = next(k for k in state if k.startswith("double_heads.") and k.endswith("embed_tokens.weight"))
     meta = artifact_metadata(
-        tensors, rank=lora_a[0].shape[0], alpha=opt.get("lora_alpha", 16.0),
+        tensors, rank=lora_a[0].shape[0], alpha=opt.get("lora_alpha", DEFAULT_ALPHA),
         backbone=opt.get("model_name"), vocab_size=state[embed].shape[0],
     )
     return _write(tensors, meta, out_path)

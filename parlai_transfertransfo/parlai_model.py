@@ -10,14 +10,12 @@ class TransfertransfoModel(TorchGeneratorModel):
     their key/value cache; "decoding" extends that cache one token at a time.
     """
 
-    def __init__(self, double_heads, special, banned_ids=None):
+    def __init__(self, double_heads, special, banned_ids):
         super().__init__(
             padding_idx=special.pad, start_idx=special.speaker1, end_idx=special.eos
         )
         self.double_heads = double_heads
         self.special = special
-        if banned_ids is None:  # the recipe's control tokens; the agent adds the backbone's
-            banned_ids = [special.bos, special.speaker1, special.speaker2, special.pad]
         self.register_buffer("banned_ids", torch.tensor(banned_ids, dtype=torch.long), persistent=False)
 
     def forward(self, *recipe_batch):
@@ -44,17 +42,17 @@ class TransfertransfoModel(TorchGeneratorModel):
 
     def decoder(self, decoder_input, encoder_states, incr_state=None):
         prefix, reply_type = encoder_states
-        if incr_state is None:  # step 0: the start token already ran in `encoder`
-            first = prefix.last_logits[:, None]
-            if decoder_input.size(1) == 1:
-                return first, prefix
-            state, tokens = prefix, decoder_input[:, 1:]
-        else:
-            first, state, tokens = None, incr_state, decoder_input[:, -1:]
+        if incr_state is not None:
+            return self._extend(incr_state, decoder_input[:, -1:], reply_type)
+        first = prefix.last_logits[:, None]  # step 0: the start token already ran in `encoder`
+        if decoder_input.size(1) == 1:
+            return first, prefix
+        logits, state = self._extend(prefix, decoder_input[:, 1:], reply_type)
+        return torch.cat([first, logits], 1), state
+
+    def _extend(self, state, tokens, reply_type):
         types = reply_type.unsqueeze(1).expand_as(tokens)
         logits, _, new_state = self.double_heads.extend(state, tokens, types)
-        if first is not None:
-            logits = torch.cat([first, logits], 1)
         return logits, new_state
 
     def reorder_decoder_incremental_state(self, incremental_state, inds):

@@ -99,7 +99,7 @@ def write_model_files(datapath, artifact_path, model_file, backbone=None):
     lora.load_lora_state(double_heads, tensors)
     lora.merge_lora(double_heads)
 
-    model = TransfertransfoModel(double_heads, special)
+    model = TransfertransfoModel(double_heads, special, dictionary.never_generated_ids())
     torch.save({"model": model.state_dict()}, model_file)
     opt.save(model_file + ".opt")
     dictionary.save(model_file + ".dict")
