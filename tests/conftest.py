@@ -110,3 +110,52 @@ def tiny_llama_dir(tmp_path_factory):
     )
     path = tmp_path_factory.mktemp("tiny-llama")
     return _save_tiny(path, config, LlamaForCausalLM)
+
+
+# Flags for headless Chromium on these offline machines: without the background-networking
+# ones it keeps dialling Google's hosts, and as root it needs --no-sandbox.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium_executable():
+    """Debian's Chromium; a missing browser fails the browser tests, never skips them."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("browser tests need Debian's chromium: run ./install.sh test")
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_executable):
+    """A headless Chromium driven by Playwright (executable_path: nothing is downloaded)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=chromium_executable, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def free_port():
+    """A TCP port nobody listens on now, chosen by the OS."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
