@@ -451,10 +451,8 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             with torch.no_grad():
                 if self.opt.get("rank_by", "mc") == "lm":
                     _, _, scores = self._score_candidates(model_inputs, list(range(n)))
-                else:  # no LM head needed at all
-                    heads = self._double_heads()
-                    prefix = heads.encode_prefix(*model_inputs[:3])
-                    scores, _ = heads.score_candidates(prefix, *model_inputs[3:], nll=False)
+                else:  # no LM head needed at all: no gold rows
+                    _, _, scores = self.model(*model_inputs, model_inputs[3][:0])
         cand_choices, cand_scores, start = [], [], 0
         for i, cands in enumerate(batch.candidates):
             n = len(cands or [])
