@@ -6,9 +6,10 @@
 - Llama-family causal LMs: the LM plus our own MC head, `nn.Linear(hidden, 1)`, with
   segments added the GPT way: `inputs_embeds = embed(ids) + embed(token_type_ids)`.
 
-Every path runs a shared context once and continues from its KV cache: `recipe_losses`
-(training: candidates as continuations of their context, with gradients), and
-`encode_prefix` / `extend` / `select` / `score_candidates` (incremental decoding, ranking).
+Every path runs a shared context once: `recipe_losses` (training and ranking: each context
+and its candidates packed in one row, packing.py, with gradients when training), and
+`encode_prefix` / `extend` / `select` (incremental decoding from the KV cache;
+`score_candidates`, ranking over that cache, is the previous ranking path).
 `forward` runs whole (right-padded) sequences, the recipe's own layout, as a reference.
 """
 from dataclasses import dataclass, replace
