@@ -112,7 +112,9 @@ def run(model, workdir, device, reps, dialogs, batch_size=4, dtype="fp32", peak_
                 lm_loss, mc_loss = plain_losses(heads, *tensors[0])
             theirs = float(opt["lm_coef"] * lm_loss + opt["mc_coef"] * mc_loss)
             heads.candidate_path = "cached"  # the previous path: contexts cached, then candidates
+            agent._local_metrics.clear()  # what batch_act does between two batches
             previous = float(agent.compute_loss(batchify(agent, obs_batches[0])))
+            agent._local_metrics.clear()
             heads.candidate_path = "packed"
         if abs(ours - theirs) > (1e-4 if dtype == "fp32" else 0.02 * abs(theirs)):
             raise AssertionError(f"P3 {model} {dtype}: losses differ: {ours} vs {theirs}")
