@@ -112,3 +112,36 @@ def http_json(method, url, body=None, headers=None, timeout=60):
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"null")
+
+
+def readme_screenshot(url, path, messages=("hi! how are you today?", "what do you do for a living?")):
+    """The README's picture of the page: the same Playwright + Debian Chromium as the
+    browser tests, on a running server (README's: the embedded default model).
+
+        .venv/bin/python tests/serving_helpers.py http://127.0.0.1:8080 parlai_transfertransfo/serving/static/screenshot.png
+    """
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from conftest import CHROMIUM_ARGS
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 640})
+        page.goto(url + "/")
+        page.wait_for_selector("#persona li")
+        for i, text in enumerate(messages):
+            page.fill("#input", text)
+            page.click("#send")
+            page.wait_for_function("n => document.querySelectorAll('#messages li.bot .meta').length > n", arg=i,
+                                   timeout=120000)
+        page.wait_for_function("document.querySelectorAll('#suggestions button.suggestion').length > 0",
+                               timeout=120000)
+        page.screenshot(path=path)
+        browser.close()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    readme_screenshot(sys.argv[1], sys.argv[2])

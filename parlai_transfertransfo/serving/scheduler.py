@@ -162,14 +162,18 @@ class Scheduler:
                 continue
             job.emit("start", {"prompt_tokens": len(ctx.ids) + 1, "notes": ctx.notes})
             ready.append((job, ctx))
-        # one prefill call per group of at most max_prefill_tokens padded tokens
-        group, width = [], 0
+        # Prefill calls over contexts of similar lengths: left padding is computed too, so
+        # a group closes when padding would pass a fifth of its tokens or the call would
+        # pass max_prefill_tokens.
+        group, real = [], 0
         for job, ctx in sorted(ready, key=lambda r: len(r[1].ids)):
-            width = max(width, len(ctx.ids) + 1)
-            if group and width * (len(group) + 1) > self.max_prefill_tokens:
+            width = len(ctx.ids) + 1  # the longest so far: sorted
+            padded = width * (len(group) + 1)
+            if group and (padded > self.max_prefill_tokens or padded > 1.25 * (real + width)):
                 self._prefill(group)
-                group, width = [], len(ctx.ids) + 1
+                group, real = [], 0
             group.append((job, ctx))
+            real += width
         if group:
             self._prefill(group)
 
