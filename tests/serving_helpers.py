@@ -28,6 +28,18 @@ def tiny_model_dir(path):
     return str(path)
 
 
+def shared_model_file(tmp_path_factory):
+    """One tiny model file per pytest run, for every serving test module."""
+    folder = tmp_path_factory.getbasetemp() / "serving-tiny-model"
+    model_file = folder / "mf" / "model"
+    if not (folder / "done").exists():
+        folder.mkdir(exist_ok=True)
+        (folder / "mf").mkdir(exist_ok=True)
+        save_model_file(tiny_model_dir(folder / "backbone"), folder / "mf")
+        (folder / "done").touch()
+    return str(model_file)
+
+
 def make_agent(model_file, *args):
     """The agent as `parlai interactive -mf MODEL_FILE` builds it."""
     from parlai.core.agents import create_agent

@@ -16,7 +16,7 @@ from parlai_transfertransfo.serving import dialogue, kv_batch
 from parlai_transfertransfo.serving.decoding import Choice, defaults_from_opt
 from parlai_transfertransfo.serving.scheduler import Job, Scheduler
 from parlai_transfertransfo.serving.sessions import SessionStore
-from serving_helpers import PERSONA, http_json, make_agent, save_model_file, tiny_model_dir
+from serving_helpers import PERSONA, http_json, make_agent, shared_model_file
 
 DIALOGUES = [
     ["hi! how are you today?"],
@@ -36,7 +36,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    return save_model_file(tiny_model_dir(tmp_path_factory.mktemp("tiny")), tmp_path_factory.mktemp("mf"))
+    return shared_model_file(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,14 @@ import torch
 
 from conftest import free_port
 from parlai_transfertransfo.data.personas import DEFAULT_PERSONA, persona_text
-from serving_helpers import PARLAI, PERSONA, ServerProcess, http_json, make_agent, save_model_file, tiny_model_dir
+from serving_helpers import PARLAI, PERSONA, ServerProcess, http_json, make_agent, shared_model_file
 
 SERVER_ARGS = ["--max-tokens-limit", 1000, "--max-message-chars", 20000, "--max-context-tokens", 0]
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    return save_model_file(tiny_model_dir(tmp_path_factory.mktemp("tiny")), tmp_path_factory.mktemp("mf"))
+    return shared_model_file(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_greedy_replies_equal_the_agents_act_streamed_or_not(client, agent):
     """Two turns of a chat through the official client: each greedy reply is the one
     `parlai interactive` gives, whole or streamed as OpenAI chunks, with usage."""
     models = client.models.list().data
-    assert [m.id for m in models] == ["mf0/model"]  # the model file's folder and name
+    assert [m.id for m in models] == ["mf/model"]  # the model file's folder and name
     model = models[0].id
     history = ["hi! how are you today?"]
     for turn in range(2):

@@ -8,7 +8,9 @@ them (dynamic batching), each request keeping its own ParlAI tree search, so a r
 the one the agent's `act` gives with the same settings. The HTTP side (FastAPI on uvicorn)
 only validates, queues and streams.
 
-    app.py            the ASGI app: routes, limits, errors, the page's files
+    app.py            the ASGI app: routes, error handlers, the page's files
+    limits.py         request guards: body size, the optional bearer token
+    errors.py         OpenAI's error JSON
     openai_routes.py  GET /v1/models, POST /v1/chat/completions (SSE when stream=true)
     openai_schema.py  the OpenAI request/response shapes and their validation
     chat_routes.py    the page's session API (/api/sessions/...)

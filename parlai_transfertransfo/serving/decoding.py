@@ -101,6 +101,7 @@ class Choice:
     stop: tuple
     decode: object  # token ids -> text, the agent's _v2t
     eos: int
+    job: object = None  # the scheduler's Job this choice belongs to
     step: int = 0
     offset: int = 0  # first row in the batch, kept up to date by the scheduler
     tokens: list = field(default_factory=list)

@@ -132,7 +132,7 @@ class Scheduler:
                         self._step()
             except Exception as err:  # a bug, not a request: fail what runs, keep serving
                 log.exception("decoding failed")
-                for job in {id(c.job): c.job for c in self.choices}.values():
+                for job in list(self.running.values()):
                     self._fail(job, f"generation failed: {type(err).__name__}: {err}")
                 self.choices, self.state, self.running = [], None, {}
 
@@ -204,9 +204,8 @@ class Scheduler:
                     search=make_search(self.agent, job.decoding, self.device, block),
                     rows=job.decoding.rows_per_choice, max_ts=max_ts, reply_type=ctx.reply_type,
                     temperature=job.decoding.temperature, stop=tuple(job.decoding.stop),
-                    decode=self.agent._v2t, eos=self.agent.END_IDX,
+                    decode=self.agent._v2t, eos=self.agent.END_IDX, job=job,
                 )
-                choice.job = job
                 self.running[id(job)] = job
                 new.append(choice)
                 rows += [i] * choice.rows
