@@ -103,6 +103,8 @@ def test_requests_batched_together_reply_as_the_agent_does_alone(agent):
         assert "".join(e[2] for e in events if e[0] == "delta") == ends(events)[0]["text"]
         assert events[-1][0] == "done"
     assert health["completed"] == 6 and health["running_requests"] == 0
+    # one model call per step for all six (each needs 21 steps; one after the other: 126)
+    assert health["steps"] < 40
 
 
 def test_seeded_sampling_is_the_agents_after_manual_seed(agent):

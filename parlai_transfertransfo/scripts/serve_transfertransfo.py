@@ -66,12 +66,14 @@ def listen(host, port):
 
 
 def model_id(opt):
+    """The name clients pass as `model`: zoo:NAME gives NAME, a file its folder/name."""
     if opt.get("model_id"):
         return opt["model_id"]
-    mf = opt.get("model_file") or "transfertransfo"
-    if mf.startswith("zoo:"):
-        return mf[len("zoo:"):]
-    return os.path.join(os.path.basename(os.path.dirname(os.path.abspath(mf))), os.path.basename(mf))
+    mf = os.path.abspath(opt["model_file"])
+    zoo = os.path.abspath(os.path.join(opt.get("datapath") or "", "models"))
+    if mf.startswith(zoo + os.sep):  # ParlAI has resolved zoo:NAME to {datapath}/models/NAME
+        return os.path.relpath(mf, zoo)
+    return os.path.join(os.path.basename(os.path.dirname(mf)), os.path.basename(mf))
 
 
 def load_agent(opt):
