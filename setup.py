@@ -92,6 +92,7 @@ setup(
         "parlai_transfertransfo.tasks.convai2_file",
         "parlai_transfertransfo.tasks.personachat_json",
         "parlai_transfertransfo.data",
+        "parlai_transfertransfo.serving",
     ],
     package_dir={
         "parlai_transfertransfo.zoo": "zoo",
@@ -100,6 +101,7 @@ setup(
     include_package_data=True,
     package_data={
         "parlai_transfertransfo": ["assets/*", "assets/**/*"],
+        "parlai_transfertransfo.serving": ["static/*"],
         "parlai_transfertransfo.zoo.transfertransfo": ["*.safetensors", "*.sh", "README.md"],
     },
     install_requires=[
@@ -112,9 +114,12 @@ setup(
     ]
     + PARLAI_RUNTIME,
     extras_require={
-        "serve": ["fastapi", "uvicorn"],
+        # FastAPI 0.165 / Starlette 1.10 / uvicorn 0.54: the versions the serving tests pass
+        # on (Starlette's streaming and disconnect handling changes between majors)
+        "serve": ["fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.54.0"],
         "crowd": [],
-        "test": ["pytest", "pexpect", "playwright"],
+        # openai: the official client, to test the OpenAI-compatible API with a real client
+        "test": ["pytest", "pexpect", "playwright", "openai==3.57.0"],
     },
     cmdclass=cmdclass,
 )

@@ -1,7 +1,7 @@
 """One command for every benchmark: prints a table of medians and ratios, and the machine.
 
     .venv/bin/python -m benchmarks [--model gpt2-small|smollm2-135m|all] [--reps 3]
-        [--only P1,P2,P3,P5,P7] [--device cpu|cuda] [--threads 1] [--interactive-model-file MF]
+        [--only P1,P2,P3,P5,P6,P7] [--device cpu|cuda] [--threads 1] [--interactive-model-file MF]
         [--p2-examples 16] [--eval-model-file MF] [--p7-examples 512] [--p7-skip-generation]
 
 Each pair runs side by side in this one process, interleaved, after a check that both
@@ -24,6 +24,8 @@ GOALS = {  # (numerator side, denominator side, goal text, test on the ratio)
     "P3": [("agent train_step", "plain PyTorch loop (train.py)", ">= 0.9x plain tok/s", lambda r: r >= 0.9),
            ("agent train_step", "agent train_step, previous cached path", "(before)", None)],
     "P5": [],
+    "P6": [("16 sessions at once (dynamic batching)", "the same requests one at a time", ">= 4x throughput",
+            lambda r: r >= 4)],
     "P7": [],
 }
 
@@ -32,7 +34,7 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gpt2-small", choices=[*common.MODELS, "all"])
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per side (median reported)")
-    p.add_argument("--only", default="P1,P2,P3,P5,P7", help="comma-separated subset of P1,P2,P3,P5,P7")
+    p.add_argument("--only", default="P1,P2,P3,P5,P6,P7", help="comma-separated subset of P1,P2,P3,P5,P6,P7")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1,
                    help="torch.set_num_threads: 1 is steadiest when other work shares the cores")
@@ -78,12 +80,14 @@ def rows_for(bench, model, result, device):
     per_s = result.get("tokens_per_s")
     for side, ts in times.items():
         value = f"{common.median(ts):.3f} s" + (f" ({per_s[side]:.0f} tok/s)" if per_s else "")
+        if "latency" in result:
+            value += ", latency p50 {:.2f} s / p95 {:.2f} s".format(*result["latency"][side])
         if "mfu" in result and result["mfu"].get(side) is not None:
             value += f", MFU {100 * result['mfu'][side]:.1f}%"
         rows.append((bench, model, side, value, f"{min(ts):.3f}-{max(ts):.3f}", ""))
     goals = result.get("goals") or [g + (None,) for g in GOALS[bench]]
     for num, den, goal, ok, note in goals:
-        if bench == "P3":  # throughput: ours over theirs
+        if bench in ("P3", "P6"):  # throughput: ours over theirs
             ratio = per_s[num] / per_s[den]
         else:
             ratio = common.median(times[num]) / common.median(times[den])
@@ -140,6 +144,14 @@ def main(argv=None):
                 notes.append(f"P3 {model} {dtype}: batch {batch} x 2 candidates, "
                              f"{r['tokens_per_step'][1]} tokens in the first timed step, {r['params'] / 1e6:.0f}M parameters")
                 report("P3", f"{model} {dtype}", r)
+        if "P6" in only:
+            from benchmarks import serving
+            for turn, name in serving.TURNS:
+                r = serving.run(model, args.workdir, args.device, args.reps, dialogs, turn=turn)
+                notes.append(f"P6 {model} {name}: {r['sessions']} ConvAI2 dialogs at turn {turn + 1} "
+                             f"(~{r['context_tokens']}-token contexts), greedy, 20 tokens each; same replies "
+                             "on both sides")
+                report("P6", f"{model}, {name}", r)
     if "P5" in only:
         from benchmarks import interactive
         r = interactive.run(args.interactive_model_file, args.device, args.reps)
