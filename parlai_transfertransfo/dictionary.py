@@ -231,15 +231,15 @@ class TransfertransfoDictionaryAgent(DictionaryAgent):
     def save(self, filename=None, append=False, sort=True):
         """Write the tokenizer to `filename + '.hf'`, and at `filename` the marker ParlAI
         checks for (it only tests that `<model_file>.dict` exists)."""
+        from parlai_transfertransfo.checkpointing import atomic_directory, write_json
+
         filename = self.opt["dict_file"] if filename is None else filename
         directory = filename + ".hf"
         logging.info(f"Saving tokenizer to {directory}")
-        os.makedirs(directory, exist_ok=True)
-        self.hf_tokenizer.save_pretrained(directory)
-        marker = {"format": MARKER_FORMAT, "tokenizer": os.path.basename(directory)}
-        with PathManager.open(filename, "w", encoding="utf-8") as f:
-            json.dump(marker, f)
-            f.write("\n")
+        # the folder first, the marker (what ParlAI checks for) last, each atomic: a kill
+        # never leaves a marker in front of a half-written tokenizer
+        atomic_directory(directory, self.hf_tokenizer.save_pretrained)
+        write_json(filename, {"format": MARKER_FORMAT, "tokenizer": os.path.basename(directory)})
 
     def load(self, filename):
         """Restore from `save(filename)`, offline; `--model-name` is not consulted."""
