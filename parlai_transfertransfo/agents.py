@@ -91,6 +91,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         self.rng = random.Random()
         if not shared:
             option_checks.validate(opt)
+            safe_load.require_dictionary(opt)
         super().__init__(opt, shared)
         self.special = self.dict.special
         self.reply_max_tokens = opt.get("label_truncate") or 20

@@ -127,8 +127,13 @@ def load_config_file(path: str):
         model_type = values.pop("model_type")
     except (OSError, ValueError, KeyError) as e:
         raise TransfertransfoError(f"cannot read backbone config '{path}': {e}")
-    config = AutoConfig.for_model(model_type, **values)
-    check_supported(config)
+    try:
+        config = AutoConfig.for_model(model_type, **values)
+        check_supported(config)
+    except TransfertransfoError as e:
+        raise TransfertransfoError(f"backbone config '{path}': {e.message}") from None
+    except (ValueError, TypeError) as e:  # an unknown model_type, values of the wrong kind
+        raise TransfertransfoError(f"cannot read backbone config '{path}': {e}") from None
     return config
 
 

@@ -8,6 +8,7 @@ start by the .pth hook.
 """
 import contextlib
 import copy
+import os
 
 
 def fix_reduce_on_plateau(lr_scheduler):
@@ -221,6 +222,24 @@ def safe_opt_files(opt_module):
     opt_class.load = classmethod(load)
 
 
+def model_files_that_name_no_agent(agents):
+    """A `.opt` without a `model` key (a hand-edited or foreign file) ends in
+    `KeyError: 'model'` inside `create_agent_from_opt_file`: say so in one line. Also
+    applies `fix_missing_model_file_message`, the other patch of this module."""
+    from parlai_transfertransfo.errors import TransfertransfoError
+
+    fix_missing_model_file_message(agents)
+    from_opt_file = agents.create_agent_from_opt_file
+
+    def create_agent_from_opt_file(opt):
+        optfile = opt["model_file"] + ".opt"
+        if os.path.isfile(optfile) and "model" not in agents.Opt.load(optfile) and not opt.get("model"):
+            raise TransfertransfoError(f"{optfile} names no agent (no 'model' key): pass -m transfertransfo")
+        return from_opt_file(opt)
+
+    agents.create_agent_from_opt_file = create_agent_from_opt_file
+
+
 def atomic_resumable_train_loop(train_model):
     """ParlAI's TrainLoop writes `.trainstats` in place (a kill mid-write leaves broken JSON
     and the rerun dies in a JSONDecodeError traceback) and after the model file (a kill
@@ -263,7 +282,7 @@ PATCHES = {
     "parlai.nn.lr_scheduler": fix_reduce_on_plateau,
     "parlai.utils.distributed": fix_distributed_on_cpu,
     "parlai.scripts.multiprocessing_train": fix_mp_train_default_world_size,
-    "parlai.core.agents": fix_missing_model_file_message,
+    "parlai.core.agents": model_files_that_name_no_agent,  # + fix_missing_model_file_message
     "parlai.core.torch_generator_agent": fix_ddp_on_cpu,
     "parlai.utils.fsdp": fix_join_device_on_cpu,
     "parlai.tasks.convai2.agents": guard_convai2_teachers,

@@ -126,6 +126,16 @@ def special_ids(tokenizer):
     return SpecialIds(*ids)
 
 
+def valid_unicode(text):
+    """Text the tokenizer accepts: lone surrogates (invalid UTF-8 bytes read from a terminal
+    or pipe arrive as such) become U+FFFD instead of a TypeError deep in `tokenizers`."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 class TransfertransfoDictionaryAgent(DictionaryAgent):
     """ParlAI's dictionary interface over a Hugging Face tokenizer.
 
@@ -218,7 +228,7 @@ class TransfertransfoDictionaryAgent(DictionaryAgent):
         return self.hf_tokenizer.tokenize(text, split_special_tokens=True)
 
     def txt2vec(self, text, vec_type=list):
-        ids = self.hf_tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        ids = self.hf_tokenizer.encode(valid_unicode(text), add_special_tokens=False, split_special_tokens=True)
         return ids if vec_type is list else vec_type(ids)
 
     def vec2txt(self, vector, delimiter=" "):

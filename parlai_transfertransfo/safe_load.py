@@ -82,7 +82,7 @@ def load_states(path, trust=False, mmap=False):
             raise _refusal(path, e) from None
         except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError,
                 AttributeError, ImportError, MemoryError, OverflowError, UnicodeDecodeError) as e:
-            raise TransfertransfoError(f"cannot load {path}: {_damage(e)}") from None
+            raise TransfertransfoError(f"cannot load {path}: {_damage(e, path)}") from None
     if not isinstance(states, dict):
         raise TransfertransfoError(
             f"cannot load {path}: it holds a {type(states).__name__}, not a ParlAI model file's dict"
@@ -109,9 +109,11 @@ def _refusal(path, error):
     return UnsafeModelFile(f"refusing to load {path}: it is not plain tensor data ({detail}); {advice}")
 
 
-def _damage(error):
+def _damage(error, path):
     text = _first_line(str(error))
-    if "central directory" in text or "failed reading zip archive" in text:
+    with open(path, "rb") as f:
+        zipped = f.read(2) == b"PK"  # torch.save's format: a zip archive
+    if zipped or "central directory" in text or "failed reading zip archive" in text:
         return "the file is truncated or damaged (an interrupted download or save?)"
     if isinstance(error, EOFError):
         return "the file ends too early (an interrupted download or save?)"
@@ -160,3 +162,20 @@ def _mismatch(error):
     if unexpected:
         parts.append(f"unexpected {unexpected.group(1).rstrip(',')}")
     return "; ".join(parts) or _first_line(text)
+
+
+def require_dictionary(opt):
+    """A model file is read with the tokenizer saved beside it (`<model>.dict` and its
+    `.dict.hf` folder). Without it, --model-name's tokenizer would be a guess that may not
+    match the weights: refuse instead."""
+    import os
+
+    for key in ("model_file", "init_model"):
+        path = opt.get(key)
+        if path and os.path.isfile(path) and os.path.isfile(path + ".hf_config.json"):
+            if not os.path.exists(path + ".dict"):
+                raise TransfertransfoError(
+                    f"{path}.dict is missing: the tokenizer this model was trained with is saved "
+                    f"there (with {os.path.basename(path)}.dict.hf); copy it from where the model came from"
+                )
+            return
