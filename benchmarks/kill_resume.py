@@ -4,7 +4,7 @@
     kinds: train_model, multiprocessing_train, zoo_script (train_smollm2_135m.sh)
 
 A tiny GPT-2 (tiny Llama for the zoo script) trains on real ConvAI2 dialogs with a
-checkpoint every step. Each kill lands at a random moment after training began, or (every
+checkpoint every step. Each kill lands at a random moment after a run began saving, or (every
 other kill) the instant a save has a temporary file open, i.e. in the middle of a save.
 After each kill:
   - the model file and the checkpoint are each absent or whole: weights-only loadable, with
@@ -227,16 +227,18 @@ def run_and_kill(argv, model_file, log_path, rng, mid_save, window, timeout=600)
             if proc.poll() is not None or time.time() > deadline:
                 return proc.poll() is not None
             time.sleep(0.05)
-        kill_at = time.time() + rng.uniform(0, window)
-        nth_write, seen = rng.randint(1, 6), set()  # a mid-save kill strikes in this write
+        # a mid-save kill strikes in the nth file written; a random one at a random moment
+        # of `window` seconds after this run's first save began (so each run can progress)
+        nth_write, seen, kill_at = rng.randint(1, 12), set(), None
         while proc.poll() is None and time.time() < deadline:
-            if mid_save:
-                seen |= set(glob.glob(os.path.join(folder, ".model*.tmp")))
-                if len(seen) >= nth_write:
-                    break
-            elif time.time() >= kill_at:
+            seen |= set(glob.glob(os.path.join(folder, ".model*.tmp")))
+            if mid_save and len(seen) >= nth_write:
                 break
-            time.sleep(0.002 if mid_save else 0.02)
+            if not mid_save and seen and kill_at is None:
+                kill_at = time.time() + rng.uniform(0, window)
+            if kill_at is not None and time.time() >= kill_at:
+                break
+            time.sleep(0.002)
         finished = proc.poll() is not None
         if not finished:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -248,7 +250,7 @@ def run_and_kill(argv, model_file, log_path, rng, mid_save, window, timeout=600)
         log.close()
 
 
-def kill_resume(kind, kills, steps, work, seed=0, window=8.0, say=print):
+def kill_resume(kind, kills, steps, work, seed=0, window=10.0, say=print):
     """Run the experiment; returns a summary dict. Raises Broken at the first violation."""
     rng = random.Random(seed)
     argv, model_file = command(kind, work, steps)
@@ -280,6 +282,7 @@ def kill_resume(kind, kills, steps, work, seed=0, window=8.0, say=print):
     if code != 0 or "Traceback" in text:
         raise Broken(f"the final run failed ({code}):\n{text[-3000:]}")
     check_resume(text, model_file, expected)
+    summary["resumed"] += expected is not None
     with open(model_file + ".trainstats") as f:
         done = json.load(f)["train_steps"]
     # ParlAI's scheduler stops the loop at the update that reaches --max-train-steps, before
@@ -297,7 +300,7 @@ def main(argv=None):
     p.add_argument("--kills", type=int, default=30)
     p.add_argument("--steps", type=int, default=200, help="train steps of the whole run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=float, default=8.0, help="random kills land this many seconds after training began, at most")
+    p.add_argument("--window", type=float, default=10.0, help="random kills land at most this many seconds after a run's first save")
     p.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kill-resume-") as work:
