@@ -22,7 +22,7 @@ AT_LEAST = {
     "text_truncate": (1, "at least 1 token"),
     "truncate": (1, "at least 1 token"),
 }
-POSITIVE = ("temperature", "lora_alpha", "learningrate")
+POSITIVE = ("temperature", "lora_alpha")
 # A context cut below this many tokens cannot hold a persona sentence and the last
 # utterance with their speaker tokens; such a model answers nothing it was told.
 MIN_TEXT_TRUNCATE = 8

@@ -110,6 +110,7 @@ def test_interactive_answers_or_refuses_every_line_and_stays_flat_for_1000_turns
     assert replies() == expected, text[-3000:]
     assert text.count("CHAT DONE") == sum(map(ends_episode, lines)) + 1  # + the final [EXIT]
     growth = samples[expected - 20] - samples[len(CHAT_LINES) + 100]
+    TALLY["rss growth"] = f"{growth:+.1f} MiB over {TURNS - 120} turns"
     assert growth < 16, f"memory grew {growth:.1f} MiB over {TURNS - 120} turns"  # flat, not per turn
     assert "IndexError" not in text and "index out of range" not in text  # positions never overrun
 
@@ -288,5 +289,6 @@ def test_training_options_out_of_range_are_refused_before_anything_is_written(tm
 
 def test_zz_report_fuzz_figures():
     """Last in the module: the figures README states."""
-    print(f"\nfuzz: {TALLY['inputs']} inputs, {TALLY['tracebacks']} tracebacks, {TALLY['hangs']} hangs")
+    print(f"\nfuzz: {TALLY['inputs']} inputs, {TALLY['tracebacks']} tracebacks, {TALLY['hangs']} hangs, "
+          f"interactive memory {TALLY.get('rss growth', 'not measured')}")
     assert TALLY["tracebacks"] == 0 and TALLY["hangs"] == 0
