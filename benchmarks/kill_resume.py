@@ -126,6 +126,7 @@ def command(kind, work, steps):
         "--convai2-file", dialogs, "--valid-split", 1, "-mf", model_file, "--datapath",
         os.path.join(work, "data"), "-bs", 2, "--max-train-steps", steps, "--save-every-n-secs", 0.001,
         "--validation-every-n-steps", 4, "--validation-max-exs", 4, "--validation-metric", "hits@1",
+        "--validation-patience", 0,  # no early stop: the run must reach --max-train-steps
         "--skip-generation", "true", "--lr-scheduler", "invsqrt", "--warmup-updates", 2,
         "--short-final-eval", "true", "--log-every-n-steps", 4, "-lr", 1e-3,
     ]
