@@ -15,10 +15,11 @@ from parlai.core.metrics import AverageMetric
 from parlai.core.torch_generator_agent import PPLMetric, TorchGeneratorAgent
 from parlai.utils.misc import warn_once
 
-from parlai_transfertransfo import backbones, checkpointing, inputs, lora, option_checks, registration, safe_load
+from parlai_transfertransfo import (
+    backbones, checkpointing, inputs, lora, option_checks, registration, safe_load,
+)
 from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
 from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
-from parlai_transfertransfo.errors import TransfertransfoError
 from parlai_transfertransfo.history import RecipeHistory
 from parlai_transfertransfo.parlai_model import TransfertransfoModel
 
