@@ -15,10 +15,11 @@ from parlai.core.metrics import AverageMetric
 from parlai.core.torch_generator_agent import PPLMetric, TorchGeneratorAgent
 from parlai.utils.misc import warn_once
 
-from parlai_transfertransfo import backbones, inputs, lora, registration
+from parlai_transfertransfo import (
+    backbones, checkpointing, inputs, lora, option_checks, registration, safe_load,
+)
 from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
 from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
-from parlai_transfertransfo.errors import TransfertransfoError
 from parlai_transfertransfo.history import RecipeHistory
 from parlai_transfertransfo.parlai_model import TransfertransfoModel
 
@@ -62,6 +63,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         group.add_argument("--persona", type=str, default=None,
                            help="chat persona when the conversation has none: sentences "
                            "separated by '|', or 'random' (a training persona)")
+        safe_load.add_cmdline_args(group)
         parser.set_defaults(
             dict_class="parlai_transfertransfo.dictionary:TransfertransfoDictionaryAgent",
             rank_candidates=True,
@@ -88,8 +90,9 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         # --persona random: a new persona each chat (never from train_model's --seed, which
         # the model's .opt keeps)
         self.rng = random.Random()
-        if opt.get("bf16") and opt.get("fp16"):
-            raise TransfertransfoError("--bf16 and --fp16 exclude each other: choose one")
+        if not shared:
+            option_checks.validate(opt)
+            safe_load.require_dictionary(opt)
         super().__init__(opt, shared)
         self.special = self.dict.special
         self.reply_max_tokens = opt.get("label_truncate") or 20
@@ -119,16 +122,21 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         if double_heads.vocab_size != len(self.dict):
             double_heads.resize_token_embeddings(len(self.dict))
         special = self.dict.special
+        option_checks.check_lora_rank(self.opt, double_heads.config)
         if self.opt.get("lora_rank", 0) > 0:
             new_tokens = [special.bos, special.eos, special.speaker1, special.speaker2, special.pad]
             lora.apply_lora(double_heads, self.opt["lora_rank"], self.opt["lora_alpha"], new_tokens)
         return TransfertransfoModel(double_heads, special, self.dict.never_generated_ids())
 
     def save(self, path=None):
-        path = self.opt.get("model_file") if path is None else path
-        super().save(path)
-        if path and hasattr(self, "model"):
-            backbones.save_config(self._double_heads().config, path + ".hf_config.json")
+        """Every file atomic, train statistics inside the model file (checkpointing.py)."""
+        checkpointing.save_model_files(self, self.opt.get("model_file") if path is None else path)
+
+    def load(self, path):
+        """Weights-only: a model file never runs code (safe_load.py)."""
+        states = safe_load.load_agent_states(self, path)
+        checkpointing.remember_loaded(self, path, states)
+        return states
 
     def _double_heads(self):
         model = self.model.module if hasattr(self.model, "module") else self.model  # DDP

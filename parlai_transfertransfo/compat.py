@@ -8,6 +8,7 @@ start by the .pth hook.
 """
 import contextlib
 import copy
+import os
 
 
 def fix_reduce_on_plateau(lr_scheduler):
@@ -172,12 +173,119 @@ def guard_convai2_teachers(agents):
     guard(agents)
 
 
+# --- trust: safe loading and resumable training (parlai_transfertransfo/safe_load.py, checkpointing.py)
+def safe_opt_files(opt_module):
+    """`Opt.load` reads a `.opt` that is not UTF-8 with `pickle.load`: a crafted `.opt` beside
+    any model runs code as soon as `parlai interactive -mf` (or the argument parser, which
+    reads it to find the agent) opens it; and a `.opt` that is not JSON is a
+    JSONDecodeError traceback. JSON stays as it was; an old pickled `.opt` is read with an
+    unpickler that builds nothing but dicts and plain values; anything else is one line."""
+    import json
+    import pickle
+
+    from parlai_transfertransfo.errors import TransfertransfoError
+
+    class OptUnpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in {("parlai.core.opt", "Opt"), ("parlai.utils.misc", "Opt"),
+                                  ("parlai.core.utils", "Opt"), ("collections", "OrderedDict")}:
+                return dict
+            raise pickle.UnpicklingError(f"it would import {module}.{name}")
+
+    opt_class = opt_module.Opt
+
+    def load(cls, optfile):
+        try:
+            with open(optfile, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise TransfertransfoError(f"cannot read {optfile}: {e.strerror}") from None
+        try:
+            dct = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:  # ParlAI's oldest .opt files were pickles
+            import io
+
+            try:
+                dct = OptUnpickler(io.BytesIO(raw)).load()
+            except Exception as e:
+                raise TransfertransfoError(
+                    f"refusing to read {optfile}: not JSON, and not a plain pickled dict ({e})"
+                ) from None
+        except ValueError as e:
+            raise TransfertransfoError(f"cannot read {optfile}: not JSON ({e})") from None
+        if not isinstance(dct, dict):
+            raise TransfertransfoError(f"cannot read {optfile}: it holds a {type(dct).__name__}, not options")
+        for key in opt_module.__AUTOCLEAN_KEYS__:
+            dct.pop(key, None)
+        return cls(dct)
+
+    opt_class.load = classmethod(load)
+
+
+def model_files_that_name_no_agent(agents):
+    """A `.opt` without a `model` key (a hand-edited or foreign file) ends in
+    `KeyError: 'model'` inside `create_agent_from_opt_file`: say so in one line. Also
+    applies `fix_missing_model_file_message`, the other patch of this module."""
+    from parlai_transfertransfo.errors import TransfertransfoError
+
+    fix_missing_model_file_message(agents)
+    from_opt_file = agents.create_agent_from_opt_file
+
+    def create_agent_from_opt_file(opt):
+        optfile = opt["model_file"] + ".opt"
+        if os.path.isfile(optfile) and "model" not in agents.Opt.load(optfile) and not opt.get("model"):
+            raise TransfertransfoError(f"{optfile} names no agent (no 'model' key): pass -m transfertransfo")
+        return from_opt_file(opt)
+
+    agents.create_agent_from_opt_file = create_agent_from_opt_file
+
+
+def atomic_resumable_train_loop(train_model):
+    """ParlAI's TrainLoop writes `.trainstats` in place (a kill mid-write leaves broken JSON
+    and the rerun dies in a JSONDecodeError traceback) and after the model file (a kill
+    between the two resumes with the update count of one save and the epochs and best
+    validation of the previous one). Write it atomically, keep a copy inside each model file
+    the agent saves, and resume from that copy (see checkpointing.py)."""
+    from parlai_transfertransfo import checkpointing
+
+    loop = train_model.TrainLoop
+    init, save_model = loop.__init__, loop.save_model
+
+    def __init__(self, opt):
+        init(self, opt)
+        checkpointing.resume(self)
+
+    def save_model_with_stats(self, suffix=None):
+        agent = getattr(self, "agent", None)
+        if agent is not None:
+            agent.pending_trainstats = checkpointing.train_stats(self)
+        try:
+            save_model(self, suffix)
+        finally:
+            if agent is not None:
+                agent.pending_trainstats = None
+
+    def _save_train_stats(self, suffix=None):
+        from parlai.utils.distributed import is_primary_worker
+
+        fn = self.opt.get("model_file")
+        if not is_primary_worker() or not fn:
+            return
+        checkpointing.write_json(fn + (suffix or "") + ".trainstats", checkpointing.train_stats(self), indent=4)
+
+    loop.__init__ = __init__
+    loop.save_model = save_model_with_stats
+    loop._save_train_stats = _save_train_stats
+
+
 PATCHES = {
     "parlai.nn.lr_scheduler": fix_reduce_on_plateau,
     "parlai.utils.distributed": fix_distributed_on_cpu,
     "parlai.scripts.multiprocessing_train": fix_mp_train_default_world_size,
-    "parlai.core.agents": fix_missing_model_file_message,
+    "parlai.core.agents": model_files_that_name_no_agent,  # + fix_missing_model_file_message
     "parlai.core.torch_generator_agent": fix_ddp_on_cpu,
     "parlai.utils.fsdp": fix_join_device_on_cpu,
     "parlai.tasks.convai2.agents": guard_convai2_teachers,
+    "parlai.core.opt": safe_opt_files,
+    "parlai.scripts.train_model": atomic_resumable_train_loop,
 }

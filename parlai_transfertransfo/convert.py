@@ -15,7 +15,6 @@ import os
 import tarfile
 import tempfile
 
-import torch
 
 from parlai_transfertransfo import backbones, lora
 from parlai_transfertransfo.errors import TransfertransfoError
@@ -84,10 +83,9 @@ def load_legacy_double_heads(folder):
     for name in ("config.json", LEGACY_WEIGHTS, "vocab.json", "merges.txt"):
         if not os.path.isfile(os.path.join(folder, name)):
             raise TransfertransfoError(f"checkpoint folder '{folder}' lacks {name}")
-    try:
-        state = torch.load(os.path.join(folder, LEGACY_WEIGHTS), map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated download, a pickle that is not a state dict ...
-        raise TransfertransfoError(f"cannot read {LEGACY_WEIGHTS} in '{folder}': {_one_line(e)}")
+    from parlai_transfertransfo.safe_load import load_states
+
+    state = load_states(os.path.join(folder, LEGACY_WEIGHTS))  # weights-only, never code
     state = legacy_state_dict(state)
     config = legacy_config(os.path.join(folder, "config.json"), state)
     lm = OpenAIGPTDoubleHeadsModel(config).float().eval()
@@ -221,10 +219,10 @@ def _write_model_file(pretrained_dir, model_file, datapath, model_name):
 
 
 # --- out: save_pretrained folders ------------------------------------------------------------
-def export_pretrained(model_file, out_dir):
+def export_pretrained(model_file, out_dir, trust=False):
     """Write a ParlAI transfertransfo model file as a save_pretrained folder (see the module
     docstring for what goes where); returns the list of files written."""
-    double_heads = load_model_file(model_file)
+    double_heads = load_model_file(model_file, trust=trust)
     from parlai_transfertransfo.dictionary import _load_local
 
     tokenizer = _load_local(model_file + ".dict.hf")
@@ -242,20 +240,17 @@ def export_pretrained(model_file, out_dir):
     return sorted(os.listdir(out_dir))
 
 
-def load_model_file(model_file):
-    """The DoubleHeads of a ParlAI transfertransfo model file, in float32, without building an agent."""
+def load_model_file(model_file, trust=False):
+    """The DoubleHeads of a ParlAI transfertransfo model file, in float32, without building an
+    agent. Weights-only (safe_load); `trust` is --trust-model-file."""
     for path in (model_file, model_file + ".hf_config.json", model_file + ".dict.hf"):
         if not os.path.exists(path):
             raise TransfertransfoError(f"'{path}' is missing: is '{model_file}' a transfertransfo model file?")
     config = backbones.load_config_file(model_file + ".hf_config.json")
     double_heads = backbones.double_heads_from_config(config)
-    import parlai.utils.pickle
+    from parlai_transfertransfo.safe_load import load_states
 
-    try:  # ParlAI's own way of reading its states (they may hold ParlAI objects)
-        with open(model_file, "rb") as f:
-            states = torch.load(f, map_location="cpu", pickle_module=parlai.utils.pickle, weights_only=False)
-    except Exception as e:
-        raise TransfertransfoError(f"cannot read '{model_file}': {_one_line(e)}")
+    states = load_states(model_file, trust=trust)
     prefix = "double_heads."
     weights = {k[len(prefix):]: v for k, v in states.get("model", {}).items() if k.startswith(prefix)}
     if not weights:

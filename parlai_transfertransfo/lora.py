@@ -304,15 +304,14 @@ def extract_artifact(model_file: str, out_path: str) -> int:
 
     Rank comes from the tensors; alpha and the backbone name from `<model_file>.opt`.
     """
-    import parlai.utils.pickle
     from parlai.core.opt import Opt
+
+    from parlai_transfertransfo.safe_load import load_states
 
     if not os.path.isfile(model_file) or not os.path.isfile(model_file + ".opt"):
         raise TransfertransfoError(f"no ParlAI model file (and .opt) at {model_file}")
     opt = Opt.load(model_file + ".opt")
-    with open(model_file, "rb") as f:
-        states = torch.load(f, map_location="cpu", pickle_module=parlai.utils.pickle)
-    state = states["model"]
+    state = load_states(model_file)["model"]  # weights-only: never runs code
     tensors = _artifact_tensors(state, prefix="double_heads.")
     lora_a = [v for k, v in tensors.items() if k.endswith(".lora_A")]
     if not lora_a:
@@ -328,8 +327,10 @@ def extract_artifact(model_file: str, out_path: str) -> int:
 def _write(tensors, meta, path) -> int:
     from safetensors.torch import save_file
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(tensors, path, metadata=meta)
+    from parlai_transfertransfo.checkpointing import atomic_file
+
+    with atomic_file(path) as tmp:  # a killed run never leaves a half-written artifact
+        save_file(tensors, tmp, metadata=meta)
     return os.path.getsize(path)
 
 

@@ -20,6 +20,9 @@ def setup_args(parser=None):
     group.add_argument("-mf", "--model-file", type=str, default=None,
                        help="the transfertransfo model file (zoo: paths work)")
     group.add_argument("--out", type=str, default=None, help="folder to write (created if missing)")
+    from parlai_transfertransfo.safe_load import add_cmdline_args
+
+    add_cmdline_args(group)
     return parser
 
 
@@ -37,7 +40,9 @@ class ExportTransfertransfo(ParlaiScript):
         if not self.opt.get("model_file") or not self.opt.get("out"):
             raise TransfertransfoError("export_transfertransfo needs -mf MODEL_FILE and --out DIR")
         model_file = modelzoo_path(self.opt.get("datapath"), self.opt["model_file"])
-        files = export_pretrained(model_file, self.opt["out"])
+        from parlai_transfertransfo.safe_load import trusted
+
+        files = export_pretrained(model_file, self.opt["out"], trust=trusted(self.opt))
         print(f"exported {model_file} to {self.opt['out']}: {', '.join(files)}")
         return files
 
