@@ -120,7 +120,7 @@ def test_shipped_adapter_scores_and_replies_as_the_artifact_it_was_converted_fro
     first dev examples' 20 candidate scores, gold-reply NLL and greedy replies, against
     those the zoo model built from the hand-written-LoRA artifact gave (recorded in
     tests/data/zoo_smollm2_135m_reference.json before the conversion)."""
-    from parlai_transfertransfo.zoo.transfertransfo import dev_outputs
+    from parlai_transfertransfo import dev_outputs
 
     with open(REFERENCE) as f:
         before = json.load(f)

@@ -1,20 +1,20 @@
 """What a model file computes on the dev dialogs, example by example, and whether two agree.
 
-    python -m parlai_transfertransfo.zoo.transfertransfo.dev_outputs dump -mf MODEL --out A.json
-    python -m parlai_transfertransfo.zoo.transfertransfo.dev_outputs compare A.json B.json
+    python -m parlai_transfertransfo.dev_outputs dump -mf MODEL --out A.json
+    python -m parlai_transfertransfo.dev_outputs compare A.json B.json
 
 `dump` runs `eval_model`'s loop (the `convai2_file` teacher, `--valid-split 100 -dt valid`,
 greedy replies) and records, per example, every label candidate's ranking score, the gold
 reply's summed token NLL and the greedy reply, plus the final report. `compare` gives the
-largest score and NLL differences and the replies that differ. It proved that the zoo
-artifact converted to a PEFT adapter computes what the hand-written LoRA one did.
+largest score and NLL differences and the replies that differ: how the zoo artifact
+converted to a PEFT adapter is checked against the hand-written-LoRA one it replaced.
 """
 import argparse
 import json
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIALOGS = os.path.join(REPO, "tests", "data", "convai2", "valid_self_original_800.txt")
 
 
