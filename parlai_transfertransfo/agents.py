@@ -16,7 +16,7 @@ from parlai.core.torch_generator_agent import PPLMetric, TorchGeneratorAgent
 from parlai.utils.misc import warn_once
 
 from parlai_transfertransfo import (
-    backbones, checkpointing, inputs, lora, option_checks, registration, safe_load,
+    backbones, checkpointing, inputs, lora, option_checks, registration, safe_load, word_ppl,
 )
 from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
 from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
@@ -53,7 +53,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         group.add_argument("--use-partner-persona", type="bool", default=False,
                            help="add `partner's persona:` lines to the persona")
         group.add_argument("--lora-rank", type=int, default=0,
-                           help="train LoRA adapters of this rank (plus the new token "
+                           help="train peft LoRA adapters of this rank (plus the new token "
                            "embeddings and the MC head) instead of every weight; 0: full")
         group.add_argument("--lora-alpha", type=float, default=lora.DEFAULT_ALPHA, help="LoRA scaling numerator")
         group.add_argument("--bf16", type="bool", default=False,
@@ -127,6 +127,10 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             new_tokens = [special.bos, special.eos, special.speaker1, special.speaker2, special.pad]
             lora.apply_lora(double_heads, self.opt["lora_rank"], self.opt["lora_alpha"], new_tokens)
         return TransfertransfoModel(double_heads, special, self.dict.never_generated_ids())
+
+    def load_state_dict(self, state_dict):
+        """Model files of the hand-written LoRA (before peft) load under peft's names."""
+        super().load_state_dict(lora.upgrade_legacy_state(state_dict, self.model.state_dict()))
 
     def save(self, path=None):
         """Every file atomic, train statistics inside the model file (checkpointing.py)."""
@@ -339,6 +343,8 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         record = self._record_per_example(len(gold_rows) // max(1, len(batch.segments)))
         record("loss", AverageMetric.from_mask(token_loss, notnull))
         record("ppl", PPLMetric.from_mask(token_loss, notnull))
+        labels = [l[0] if isinstance(l, (list, tuple)) else l for l in batch.labels]
+        record("wppl", word_ppl.reply_metrics(token_loss, labels, len(gold_rows) // len(labels)))
         record("token_acc", AverageMetric.from_mask(correct, notnull))
         record("token_em", AverageMetric.many(correct.sum(-1) == n_tokens))
         lm_loss = token_loss.sum() / n_tokens.sum().clamp(min=1)

@@ -219,10 +219,14 @@ def _write_model_file(pretrained_dir, model_file, datapath, model_name):
 
 
 # --- out: save_pretrained folders ------------------------------------------------------------
-def export_pretrained(model_file, out_dir, trust=False):
+def export_pretrained(model_file, out_dir, adapter=False, trust=False):
     """Write a ParlAI transfertransfo model file as a save_pretrained folder (see the module
-    docstring for what goes where); returns the list of files written."""
-    double_heads = load_model_file(model_file, trust=trust)
+    docstring for what goes where); returns the list of files written.
+
+    adapter=True writes a model trained with --lora-rank as its PEFT adapter folder instead
+    (`lora.save_adapter`: adapter, MC head, transfertransfo.json), with the tokenizer.
+    """
+    double_heads = load_model_file(model_file, merge=not adapter, trust=trust)
     from parlai_transfertransfo.dictionary import _load_local
 
     tokenizer = _load_local(model_file + ".dict.hf")
@@ -230,19 +234,37 @@ def export_pretrained(model_file, out_dir, trust=False):
     stale = os.path.join(out_dir, MC_HEAD_FILE)
     if os.path.exists(stale):
         os.remove(stale)
+    if adapter:
+        from parlai.core.opt import Opt
+
+        if not lora.is_lora(double_heads):
+            raise TransfertransfoError(f"'{model_file}' was not trained with --lora-rank: export it without --adapter")
+        backbone = Opt.load(model_file + ".opt").get("model_name") if os.path.exists(model_file + ".opt") else None
+        lora.save_adapter(double_heads, out_dir, backbone=backbone, special_ids=special_ids(model_file))
+        tokenizer.save_pretrained(out_dir)
+        return sorted(os.listdir(out_dir))
     double_heads.lm.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     if double_heads.mc_head is not None:
         from safetensors.torch import save_file
 
         head = {k: v.detach().contiguous() for k, v in double_heads.mc_head.state_dict().items()}
-        save_file(head, stale, metadata={"format": "pt", "module": "nn.Linear(hidden_size, 1)"})
+        save_file(head, stale, metadata={"format": "pt", "module": "nn.Linear(hidden, 1)"})
     return sorted(os.listdir(out_dir))
 
 
-def load_model_file(model_file, trust=False):
+def special_ids(model_file):
+    """The recipe's special tokens -> their ids, from the model file's tokenizer."""
+    from parlai_transfertransfo.dictionary import _load_local
+
+    tokenizer = _load_local(model_file + ".dict.hf")
+    return {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
+
+
+def load_model_file(model_file, merge=True, trust=False):
     """The DoubleHeads of a ParlAI transfertransfo model file, in float32, without building an
-    agent. Weights-only (safe_load); `trust` is --trust-model-file."""
+    agent, weights-only (safe_load; `trust` is --trust-model-file). A --lora-rank model comes
+    back with its LoRA merged, or as peft wraps it (merge=False)."""
     for path in (model_file, model_file + ".hf_config.json", model_file + ".dict.hf"):
         if not os.path.exists(path):
             raise TransfertransfoError(f"'{path}' is missing: is '{model_file}' a transfertransfo model file?")
@@ -255,20 +277,19 @@ def load_model_file(model_file, trust=False):
     weights = {k[len(prefix):]: v for k, v in states.get("model", {}).items() if k.startswith(prefix)}
     if not weights:
         raise TransfertransfoError(f"'{model_file}' holds no transfertransfo model weights")
-    lora_a = [v for k, v in weights.items() if k.endswith(".lora_A")]
+    lora_a = [v for k, v in weights.items() if ".lora_A" in k]
     if lora_a:  # trained with --lora-rank: wrap the same way, load, then fold the deltas in
         from parlai.core.opt import Opt
 
         alpha = lora.DEFAULT_ALPHA
         if os.path.exists(model_file + ".opt"):
             alpha = Opt.load(model_file + ".opt").get("lora_alpha", alpha)
-        new_ids = next(v for k, v in weights.items() if k.endswith(".new_token_ids"))
-        lora.apply_lora(double_heads, lora_a[0].shape[0], alpha, new_ids.tolist())
+        lora.apply_lora(double_heads, lora_a[0].shape[0], alpha, list(special_ids(model_file).values()))
+        weights = lora.upgrade_legacy_state(weights, double_heads.state_dict())
     try:
         double_heads.load_state_dict(weights)
     except RuntimeError as e:
         raise TransfertransfoError(f"'{model_file}' does not fit its .hf_config.json: {_one_line(e)}")
-    if lora_a:
+    if lora_a and merge:
         lora.merge_lora(double_heads)
     return double_heads.float().eval()
-

@@ -95,7 +95,7 @@ class DoubleHeads(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        return self.lm.get_input_embeddings().num_embeddings
+        return self.lm.get_input_embeddings().weight.shape[0]  # also through peft's wrapper
 
     def resize_token_embeddings(self, n: int):
         """Grow the (tied) word embeddings for added special tokens; no-op if already n."""

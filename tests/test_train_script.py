@@ -1,7 +1,6 @@
 """zoo/transfertransfo/train_smollm2_135m.sh, the documented training run, end to end on a
-tiny Llama backbone: a sliver of an epoch on the real ConvAI2 dialogs, the artifact, and
+tiny Llama backbone: a sliver of an epoch on the real ConvAI2 dialogs, the adapter, and
 the two dev reports (fine-tuned, and the backbone ranking by LM likelihood)."""
-import hashlib
 import json
 import os
 import subprocess
@@ -10,12 +9,13 @@ import sys
 from conftest import REPO
 
 SCRIPT = os.path.join(REPO, "zoo", "transfertransfo", "train_smollm2_135m.sh")
-SHIPPED = os.path.join(REPO, "zoo", "transfertransfo", "smollm2_135m.safetensors")
+SHIPPED = os.path.join(REPO, "zoo", "transfertransfo", "smollm2_135m_adapter")
 
 
 def _sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    from parlai_transfertransfo.zoo.transfertransfo.smollm2_135m import _sha256
+
+    return _sha256(path)
 
 
 def run_script(*args):
@@ -28,8 +28,8 @@ def test_training_script_writes_an_artifact_and_both_dev_reports(tiny_llama_dir,
     proc = run_script("--model-name", tiny_llama_dir, "--epochs", 0.02, "--dev-examples", 8,
                       "--rank", 2, "--out", tmp_path / "run")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert _sha(SHIPPED) == shipped  # a smoke run never replaces the shipped artifact
-    assert os.path.getsize(tmp_path / "run" / "artifact.safetensors") > 0
+    assert _sha(SHIPPED) == shipped  # a smoke run never replaces the shipped adapter
+    assert os.path.getsize(tmp_path / "run" / "adapter" / "adapter_model.safetensors") > 0
     for name in ("dev_finetuned.json", "dev_baseline.json"):
         with open(tmp_path / "run" / name) as f:
             report = json.load(f)["report"]

@@ -69,7 +69,7 @@ def test_crafted_model_file_is_refused_in_one_line_before_it_runs(old_model, tmp
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["torch.save", "plain pickle"])
 def test_every_route_into_a_model_file_is_weights_only(old_model, tmp_path, zip_format):
-    """--init-model, .checkpoint (a resume), export and the LoRA artifact extractor too."""
+    """--init-model, .checkpoint (a resume), export and the LoRA adapter extractor too."""
     from parlai_transfertransfo import convert, lora
 
     witness = tmp_path / "PWNED"
@@ -83,7 +83,7 @@ def test_every_route_into_a_model_file_is_weights_only(old_model, tmp_path, zip_
     with pytest.raises(TransfertransfoError, match=f"load {checkpoint}"):
         convert.export_pretrained(checkpoint, str(tmp_path / "export"))
     with pytest.raises(TransfertransfoError, match=f"load {checkpoint}"):
-        lora.extract_artifact(checkpoint, str(tmp_path / "artifact.safetensors"))
+        lora.extract_adapter(checkpoint, str(tmp_path / "adapter"))
     assert not witness.exists()
 
 

@@ -6,6 +6,11 @@
 GPT and GPT-2 exports load with their *DoubleHeadsModel (LM and MC heads); Llama-family
 exports load with AutoModelForCausalLM, the MC head beside them in mc_head.safetensors.
 Every export also works as `--model-name EXPORT` for further fine-tuning.
+
+    parlai export_transfertransfo -mf DIR/model --out ADAPTER --adapter true
+
+writes a model trained with --lora-rank as its PEFT adapter folder instead (LoRA, the
+special tokens' rows, the MC head, the tokenizer), for `PeftModel.from_pretrained`.
 """
 from parlai.core.params import ParlaiParser
 from parlai.core.script import ParlaiScript, register_script
@@ -23,6 +28,8 @@ def setup_args(parser=None):
     from parlai_transfertransfo.safe_load import add_cmdline_args
 
     add_cmdline_args(group)
+    group.add_argument("--adapter", type="bool", default=False,
+                       help="a --lora-rank model as its PEFT adapter folder, not merged weights")
     return parser
 
 
@@ -42,7 +49,8 @@ class ExportTransfertransfo(ParlaiScript):
         model_file = modelzoo_path(self.opt.get("datapath"), self.opt["model_file"])
         from parlai_transfertransfo.safe_load import trusted
 
-        files = export_pretrained(model_file, self.opt["out"], trust=trusted(self.opt))
+        files = export_pretrained(model_file, self.opt["out"], adapter=self.opt.get("adapter", False),
+                                  trust=trusted(self.opt))
         print(f"exported {model_file} to {self.opt['out']}: {', '.join(files)}")
         return files
 

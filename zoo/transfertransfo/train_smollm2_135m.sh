@@ -14,8 +14,8 @@
 # Output (under --out): model*, the training log, and JSON reports:
 #   dev_finetuned.json  hits@1 (MC head), f1 (greedy replies), ppl
 #   dev_baseline.json   the un-fine-tuned SmolLM2 ranking candidates by LM likelihood
-# and the artifact: zoo/transfertransfo/smollm2_135m.safetensors (ship it) when the
-# backbone is smollm2-135m, else $OUT/artifact.safetensors.
+# and the adapter folder (PEFT LoRA + MC head): zoo/transfertransfo/smollm2_135m_adapter/
+# (ship it) when the backbone is smollm2-135m, else $OUT/adapter/.
 # Running again with the same --out continues that run from its checkpoint (ParlAI's
 # --load-from-checkpoint, saved every --save-every seconds, 600 by default: a killed run
 # loses at most that much training); once training has finished, a rerun goes straight to
@@ -24,7 +24,7 @@ set -euo pipefail
 
 usage() {
   echo "usage: $0 [--device cpu|cuda] [--hours H] [--epochs N] [--rank R] [--lr LR]" \
-       "[--bf16 auto|true|false] [--out DIR] [--artifact PATH] [--model-name NAME]" \
+       "[--bf16 auto|true|false] [--out DIR] [--artifact DIR] [--model-name NAME]" \
        "[--dev-examples N] [--save-every SECONDS]" >&2
   exit 2
 }
@@ -68,8 +68,8 @@ OUT=${OUT:-$REPO/runs/smollm2_135m}
 PY=${PYTHON:-$( [ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || command -v python )}
 PARLAI=${PARLAI:-$(dirname "$PY")/parlai}
 DIALOGS=$REPO/tests/data/convai2/valid_self_original_800.txt
-if [ -z "$ARTIFACT" ]; then  # only the real backbone replaces the shipped artifact
-  if [ "$MODEL_NAME" = smollm2-135m ]; then ARTIFACT=$HERE/smollm2_135m.safetensors; else ARTIFACT=$OUT/artifact.safetensors; fi
+if [ -z "$ARTIFACT" ]; then  # only the real backbone replaces the shipped adapter
+  if [ "$MODEL_NAME" = smollm2-135m ]; then ARTIFACT=$HERE/smollm2_135m_adapter; else ARTIFACT=$OUT/adapter; fi
 fi
 TRAIN_EXAMPLES=5470
 BATCH=8
@@ -118,9 +118,9 @@ fi
 
 "$PY" - "$OUT/model" "$ARTIFACT" <<'EOF'
 import sys
-from parlai_transfertransfo.lora import extract_artifact
-size = extract_artifact(sys.argv[1], sys.argv[2])
-print(f"artifact {sys.argv[2]}: {size} bytes ({size / 1e6:.1f} MB)")
+from parlai_transfertransfo.lora import extract_adapter
+files = extract_adapter(sys.argv[1], sys.argv[2])
+print(f"adapter {sys.argv[2]}: {', '.join(files)}")
 EOF
 
 # Dev: the fine-tuned model (MC ranking, greedy replies for f1), in float32 as users run it ...
