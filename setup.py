@@ -92,6 +92,8 @@ setup(
         "parlai_transfertransfo.tasks.convai2_file",
         "parlai_transfertransfo.tasks.personachat_json",
         "parlai_transfertransfo.data",
+        "parlai_transfertransfo.crowdsourcing",
+        "parlai_transfertransfo.crowdsourcing.model_chat",
     ],
     package_dir={
         "parlai_transfertransfo.zoo": "zoo",
@@ -100,6 +102,15 @@ setup(
     include_package_data=True,
     package_data={
         "parlai_transfertransfo": ["assets/*", "assets/**/*"],
+        "parlai_transfertransfo.crowdsourcing": ["router/package*.json"],
+        "parlai_transfertransfo.crowdsourcing.model_chat": [
+            "hydra_configs/conf/*.yaml",
+            "task_config/*",
+            "frontend/*.json",
+            "frontend/*.mjs",
+            "frontend/*.html",
+            "frontend/src/*",
+        ],
         "parlai_transfertransfo.zoo.transfertransfo": ["*.safetensors", "*.sh", "README.md"],
     },
     install_requires=[
@@ -113,7 +124,24 @@ setup(
     + PARLAI_RUNTIME,
     extras_require={
         "serve": ["fastapi", "uvicorn"],
-        "crowd": [],
+        # Mephisto 1.1.1 itself is installed by install.sh with --no-deps (its pins downgrade
+        # transformers, jinja2, click and rich); these are what its local/mock/MTurk paths and
+        # our results command import, pinned where Mephisto 1.1.1 breaks on newer releases.
+        "crowd": [
+            "hydra-core>=1.3,<1.4",
+            "omegaconf>=2.3,<2.4",
+            "prometheus-client>=0.13.1,<0.14",
+            "websockets>=10.1,<11",
+            "tornado>=6,<7",
+            "sh>=1.12,<2",
+            "boto3>=1.17,<2",
+            "xmltodict>=0.12,<0.13",
+            "rich",
+            "tabulate",
+            "pandas",
+            "scipy>=1.11",
+            "matplotlib",
+        ],
         "test": ["pytest", "pexpect", "playwright"],
     },
     cmdclass=cmdclass,
