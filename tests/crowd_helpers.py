@@ -67,7 +67,7 @@ class MockRun:
         self.finished = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        wait_until(lambda: self.operator is not None or self.finished is not None, 60, "the task to launch")
+        wait_until(lambda: self.operator is not None or self.finished is not None, 120, "the task to launch")
         assert self.operator is not None, "the task did not launch"
         self.server = list(self.operator.get_running_task_runs().values())[0].architect.server
 
@@ -85,22 +85,22 @@ class MockRun:
     # ------------------------------------------------------------------ playing a worker
     def register(self, name):
         self.server.register_mock_agent(name, f"assignment-{name}")
-        return wait_until(lambda: self.db.find_workers(worker_name=f"{name}_sandbox"), 30, f"worker {name}")[0]
+        return wait_until(lambda: self.db.find_workers(worker_name=f"{name}_sandbox"), 120, f"worker {name}")[0]
 
     def onboarding_agent(self, worker):
         return wait_until(
-            lambda: [a for a in self.db.find_onboarding_agents() if a.worker_id == worker.db_id], 30, "onboarding"
+            lambda: [a for a in self.db.find_onboarding_agents() if a.worker_id == worker.db_id], 120, "onboarding"
         )[0]
 
     def onboard(self, worker, answers):
         agent = self.onboarding_agent(worker)
-        wait_until(lambda: self._observed(agent, "onboarding"), 30, "the onboarding questions")
+        wait_until(lambda: self._observed(agent, "onboarding"), 120, "the onboarding questions")
         self.server.send_agent_act(agent.get_agent_id(), {"text": "", "task_data": {"onboarding_answers": answers}})
-        wait_until(lambda: self._observed(agent, "onboarding_status"), 30, "the onboarding verdict")
+        wait_until(lambda: self._observed(agent, "onboarding_status"), 120, "the onboarding verdict")
         self.server.register_mock_agent_after_onboarding(worker.db_id, agent.get_agent_id(), {"onboarding_data": {}})
         return agent
 
-    def task_agent(self, worker, timeout=30):
+    def task_agent(self, worker, timeout=120):
         return wait_until(lambda: [a for a in self.db.find_agents() if a.worker_id == worker.db_id], timeout, "a unit")[-1]
 
     @staticmethod
@@ -117,7 +117,7 @@ class MockRun:
         # the world's answer: the partner's reply or the coordinator's refusal
         wait_until(
             lambda: any(m.get("id") in ("Partner", "Coordinator") for m in agent.state.messages[before:]),
-            60,
+            120,
             f"an answer to {text!r}",
         )
 

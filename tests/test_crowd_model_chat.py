@@ -46,15 +46,15 @@ def test_a_worker_passes_onboarding_chats_n_turns_and_the_ratings_are_saved(mock
     worker = run.register("alice")
     run.onboard(worker, ANSWERS)
     agent = run.task_agent(worker)
-    world_start = wait_until(lambda: run._observed(agent, "worker_persona"), 30, "the persona")[0]["task_data"]
+    world_start = wait_until(lambda: run._observed(agent, "worker_persona"), 120, "the persona")[0]["task_data"]
     run.say(agent, "hi")  # too short: refused, never shown to the bot
     assert "at least 3 words" in run.last_from(agent, "Coordinator")
     run.say(agent, "hello there, how are you?")
     run.say(agent, "i like to read books a lot", {"annotations": {"none": True}})
-    questions = wait_until(lambda: run._observed(agent, "final_questions"), 30, "the final questions")
+    questions = wait_until(lambda: run._observed(agent, "final_questions"), 120, "the final questions")
     options = questions[-1]["task_data"]["final_questions"]["persona_options"]
     run.server.send_agent_act(agent.get_agent_id(), {"text": "", "task_data": final_answers(4, 2, 5, 1)})
-    record = wait_until(lambda: saved_conversations(run.folder), 30, "the saved chat")[0]
+    record = wait_until(lambda: saved_conversations(run.folder), 120, "the saved chat")[0]
     run.server.submit_mock_unit(agent.get_agent_id(), {})
 
     assert record["status"] == "complete"
@@ -80,7 +80,7 @@ def test_a_worker_who_fails_onboarding_is_blocked_and_no_chat_is_saved(mock_run)
     run = mock_run()
     worker = run.register("bob")
     run.onboard(worker, [0, 0])
-    wait_until(lambda: worker.is_disqualified("transfertransfo_convai2_chat_onboarding"), 30, "the block")
+    wait_until(lambda: worker.is_disqualified("transfertransfo_convai2_chat_onboarding"), 120, "the block")
     assert not [a for a in run.db.find_agents() if a.worker_id == worker.db_id]
     assert saved_conversations(run.folder) == []
 
@@ -92,7 +92,7 @@ def test_a_disconnect_saves_the_partial_chat_as_incomplete_and_the_unit_goes_bac
     agent = run.task_agent(first)
     run.say(agent, "hello there, how are you?")
     run.server.disconnect_mock_agent(agent.get_agent_id())
-    partial = wait_until(lambda: saved_conversations(run.folder), 30, "the partial chat")[0]
+    partial = wait_until(lambda: saved_conversations(run.folder), 120, "the partial chat")[0]
     assert partial["status"] == "incomplete" and partial["ratings"] is None
     assert partial["dialog"][0][0]["text"] == "hello there, how are you?"
 
@@ -104,7 +104,7 @@ def test_a_disconnect_saves_the_partial_chat_as_incomplete_and_the_unit_goes_bac
     run.say(agent2, "good morning to you")
     run.say(agent2, "what do you do for fun?")
     run.server.send_agent_act(agent2.get_agent_id(), {"text": "", "task_data": final_answers(2, 3, 3, 0)})
-    records = wait_until(lambda: len(saved_conversations(run.folder)) == 2 and saved_conversations(run.folder), 30, "two records")
+    records = wait_until(lambda: len(saved_conversations(run.folder)) == 2 and saved_conversations(run.folder), 120, "two records")
     run.server.submit_mock_unit(agent2.get_agent_id(), {})
     assert [r["status"] for r in records] == ["incomplete", "complete"]
 
@@ -121,9 +121,9 @@ def test_final_answers_out_of_range_are_asked_again(mock_run):
     run.onboard(worker, ANSWERS)
     agent = run.task_agent(worker)
     run.say(agent, "hello there, how are you?")
-    wait_until(lambda: run._observed(agent, "final_questions"), 30, "the final questions")
+    wait_until(lambda: run._observed(agent, "final_questions"), 120, "the final questions")
     run.say(agent, "", final_answers(9, 2, 5, 0))  # engagingness is 1 to 4
     assert "from 1 to 4" in run.last_from(agent, "Coordinator")
     run.server.send_agent_act(agent.get_agent_id(), {"text": "", "task_data": final_answers(1, 1, 1, 0)})
-    record = wait_until(lambda: saved_conversations(run.folder), 30, "the saved chat")[0]
+    record = wait_until(lambda: saved_conversations(run.folder), 120, "the saved chat")[0]
     assert record["ratings"] == {"engagingness": 1, "fluency": 1, "consistency": 1}

@@ -166,6 +166,9 @@ def run(db, cfg, shared_state, log_rate=30, stop=None, on_launched=None):
 
     from mephisto.operations.operator import Operator
 
+    import logging
+
+    logging.getLogger("sh").setLevel(logging.WARNING)  # Mephisto's `rm -rf` calls, at info
     stop = stop or threading.Event()
     operator = Operator(db)
     in_main_thread = threading.current_thread() is threading.main_thread()

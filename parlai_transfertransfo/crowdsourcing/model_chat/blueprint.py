@@ -85,6 +85,8 @@ class ConvAI2ChatBlueprintArgs(ParlAIChatBlueprintArgs):
     annotation_question: str = field(default="Does your partner's last message have any of these problems? (Check all that apply)")
     onboarding_config_path: str = field(default=os.path.join(TASK_CONFIG, "onboarding.json"))
     chat_data_folder: str = field(default=MISSING, metadata={"help": "where conversations.jsonl is written"})
+    mturk_min_approval_rate: int = field(default=95, metadata={"help": "live MTurk only: workers' minimum approval rate (%)"})
+    mturk_min_approved_hits: int = field(default=500, metadata={"help": "live MTurk only: workers' minimum approved HITs"})
     max_concurrent_responses: int = field(default=1, metadata={"help": "model replies computed at once"})
     task_model_parallel: bool = False
     random_seed: int = field(default=42, metadata={"help": "seeds the personas of the chats"})
@@ -203,6 +205,21 @@ def model_names(model_files) -> dict:
             name, n = f"{base}_{n}", n + 1
         names[name] = path
     return names
+
+
+# MTurk's system qualification types (the same ids in every account)
+APPROVAL_RATE, APPROVED_HITS = "000000000000000000L0", "00000000000000000040"
+
+
+def mturk_qualifications(blueprint_args):
+    """What a live MTurk run asks of workers, besides our onboarding check."""
+    return [
+        {"QualificationTypeId": qid, "Comparator": "GreaterThanOrEqualTo", "IntegerValues": [value],
+         "ActionsGuarded": "DiscoverPreviewAndAccept"}
+        for qid, value in ((APPROVAL_RATE, blueprint_args.mturk_min_approval_rate),
+                           (APPROVED_HITS, blueprint_args.mturk_min_approved_hits))
+        if value > 0
+    ]
 
 
 def listify(value) -> List[str]:

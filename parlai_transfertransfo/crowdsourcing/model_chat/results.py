@@ -3,7 +3,7 @@
 Reads every `conversations.jsonl` the launcher wrote (one line per chat).  Only complete
 chats count; incomplete ones (a worker disconnected) are reported but never averaged.
 Per model: conversations, each rating's mean ± 95% CI, persona-detection accuracy (Wilson
-95% CI), mean words per model reply and per-turn annotation rates; then each further
+95% CI), mean words and seconds per model reply and per-turn annotation rates; then each further
 model against the first (Welch's t-test on ratings, Fisher's exact test on persona
 detection).  Writes results.md, results.csv and ratings.png.
 """
@@ -93,6 +93,8 @@ def summarize(records: List[dict], group_by="model"):
         replies = [t for r in done for t in _bot_replies(r)]
         words = [len(t["text"].split()) for t in replies]
         row["words per reply"] = f"{sum(words) / len(words):.1f}" if words else "—"
+        latency = [t["reply_seconds"] for t in replies if "reply_seconds" in t]
+        row["seconds per reply"] = f"{sum(latency) / len(latency):.2f}" if latency else "—"
         annotated = [t for t in replies if t.get("annotations")]
         for bucket in buckets:
             hits = sum(1 for t in annotated if t["annotations"].get(bucket))
@@ -113,6 +115,7 @@ def summarize(records: List[dict], group_by="model"):
         )
         comparisons.append(comparison)
     columns = ["model", "conversations", "incomplete (not counted)", *keys, "persona detection", "words per reply"]
+    columns += ["seconds per reply"]
     columns += [f"annotated {b}" for b in buckets]
     return rows, columns, comparisons, {k: range(scales[k][0], scales[k][1] + 1) for k in keys}, ratings
 

@@ -11,7 +11,7 @@ reply latency is logged, and every worker's chat gets a shared copy.  Then
 `parlai model_chat_results --results-folder DIR` compiles what was saved.
 """
 import os
-import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, List
@@ -78,13 +78,25 @@ def load_models(cfg, names):
     shared = TurkLikeAgent.get_bot_agents(args=Args, model_opts=opts, no_cuda=not torch.cuda.is_available())
     device = "GPU" if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     for name, agent_share in shared.items():
-        copy = create_agent_from_shared(agent_share)
-        copy.observe({"text": "your persona: i love to read.\n" + LATENCY_PROBE, "episode_done": False})
-        started = time.time()
-        reply = copy.act()
+        seconds, replies = [], []
+
+        def probe():  # the first reply also pays one-time costs (lazy init, caches)
+            for _ in range(2):
+                copy = create_agent_from_shared(agent_share)
+                copy.observe({"text": "your persona: i love to read.\n" + LATENCY_PROBE, "episode_done": True})
+                started = time.time()
+                replies.append(copy.act())
+                seconds.append(time.time() - started)
+
+        # in a thread of its own, as every chat's replies are computed (the main thread's
+        # OpenMP pool behaves differently on a busy machine: up to 10x slower here)
+        thread = threading.Thread(target=probe, name=f"latency-{name}")
+        thread.start()
+        thread.join()
+        reply = replies[-1]
         print(
-            f"model {name}: reply latency {time.time() - started:.2f} s ({device}; one reply after a "
-            f"persona and one message: {reply.get('text', '')[:60]!r})",
+            f"model {name}: reply latency {seconds[1]:.2f} s ({device}; a reply to a persona and one "
+            f"message, after a warm-up reply of {seconds[0]:.2f} s): {reply.get('text', '')[:60]!r}",
             flush=True,
         )
     return shared
@@ -104,6 +116,8 @@ def build_shared_state(cfg, shared_models, names):
             "contexts": blueprint.context_source(cfg.mephisto.blueprint),
         }
     )
+    if cfg.mephisto.provider._provider_type == "mturk":
+        state.mturk_specific_qualifications = blueprint.mturk_qualifications(cfg.mephisto.blueprint)
     cfg.mephisto.blueprint.num_conversations = per_model * len(names)
     return state
 

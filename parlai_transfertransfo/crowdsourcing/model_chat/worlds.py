@@ -231,7 +231,7 @@ class ConvAI2ChatWorld(CrowdTaskWorld):
             "persona_correct": (choice == bot_index) if answers else None,
             # ParlAI's conversation format: one list of [speaker, partner] exchanges
             "dialog": [
-                [{"id": d["id"], "text": d["text"], **{k: d[k] for k in ("annotations",) if k in d}}]
+                [{"id": d["id"], "text": d["text"], **{k: d[k] for k in ("annotations", "reply_seconds") if k in d}}]
                 for d in self.dialog
             ],
         }
