@@ -101,7 +101,10 @@ class MockRun:
         return agent
 
     def task_agent(self, worker, timeout=120):
-        return wait_until(lambda: [a for a in self.db.find_agents() if a.worker_id == worker.db_id], timeout, "a unit")[-1]
+        """The worker's agent in a chat, once its world has started (it saw its persona)."""
+        agent = wait_until(lambda: [a for a in self.db.find_agents() if a.worker_id == worker.db_id], timeout, "a unit")[-1]
+        wait_until(lambda: self._observed(agent, "worker_persona"), timeout, "the chat to start")
+        return agent
 
     @staticmethod
     def _observed(agent, key):

@@ -46,7 +46,7 @@ def test_a_worker_passes_onboarding_chats_n_turns_and_the_ratings_are_saved(mock
     worker = run.register("alice")
     run.onboard(worker, ANSWERS)
     agent = run.task_agent(worker)
-    world_start = wait_until(lambda: run._observed(agent, "worker_persona"), 120, "the persona")[0]["task_data"]
+    world_start = run._observed(agent, "worker_persona")[0]["task_data"]
     run.say(agent, "hi")  # too short: refused, never shown to the bot
     assert "at least 3 words" in run.last_from(agent, "Coordinator")
     run.say(agent, "hello there, how are you?")
@@ -127,3 +127,35 @@ def test_final_answers_out_of_range_are_asked_again(mock_run):
     run.server.send_agent_act(agent.get_agent_id(), {"text": "", "task_data": final_answers(1, 1, 1, 0)})
     record = wait_until(lambda: saved_conversations(run.folder), 120, "the saved chat")[0]
     assert record["ratings"] == {"engagingness": 1, "fluency": 1, "consistency": 1}
+
+
+def test_several_models_get_distinct_names_and_the_one_most_needed_is_chosen():
+    import threading
+
+    from parlai_transfertransfo.crowdsourcing.model_chat import blueprint, run, worlds
+
+    cfg = run.load_config(["mephisto.blueprint.model_file=[zoo:transfertransfo/smollm2_135m/model,/x/a/model,/y/a/model]"])
+    names = blueprint.model_names(blueprint.listify(cfg.mephisto.blueprint.model_file))
+    assert names == {"smollm2_135m": "zoo:transfertransfo/smollm2_135m/model", "a": "/x/a/model", "a_2": "/y/a/model"}
+    opt = {"statistics_lock": threading.Lock(), "conversations_needed": {"smollm2_135m": 2, "a": 3, "a_2": 3},
+           "run_statistics": {"a": 2}}
+    assert worlds.choose_model(opt) == "a_2"
+    opt["run_statistics"] = {"a": 2, "a_2": 2}
+    assert worlds.choose_model(opt) == "smollm2_135m"
+
+
+def test_personas_of_a_chat_are_three_different_training_personas():
+    from parlai_transfertransfo.crowdsourcing.model_chat.blueprint import PersonaPairs
+    from parlai_transfertransfo.data.personas import load_personas
+
+    pairs = PersonaPairs(load_personas(), seed=3)
+    seen_sides = set()
+    for _ in range(20):
+        c = pairs.next_context()
+        bot, worker, options = c["bot_persona"], c["worker_persona"], c["persona_options"]
+        assert options[c["bot_persona_index"]] == bot
+        distractor = options[1 - c["bot_persona_index"]]
+        assert len({tuple(bot), tuple(worker), tuple(distractor)}) == 3
+        seen_sides.add(c["bot_persona_index"])
+    assert seen_sides == {0, 1}  # the bot's persona is on either side
+    assert PersonaPairs(load_personas(), seed=3).next_context() == PersonaPairs(load_personas(), seed=3).next_context()
