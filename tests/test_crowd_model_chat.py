@@ -115,18 +115,21 @@ def test_a_disconnect_saves_the_partial_chat_as_incomplete_and_the_unit_goes_bac
     assert rows[0]["engagingness"] == "2.00"  # the incomplete chat is never averaged
 
 
-def test_final_answers_out_of_range_are_asked_again(mock_run):
-    run = mock_run("mephisto.blueprint.num_turns=1")
+def test_final_answers_out_of_range_are_asked_again_and_acceptability_is_checked(mock_run):
+    run = mock_run("mephisto.blueprint.num_turns=1", "mephisto.blueprint.check_acceptability=true")
     worker = run.register("erin")
     run.onboard(worker, ANSWERS)
     agent = run.task_agent(worker)
-    run.say(agent, "hello there, how are you?")
+    run.say(agent, "what the hell, you shithead")
     wait_until(lambda: run._observed(agent, "final_questions"), 120, "the final questions")
     run.say(agent, "", final_answers(9, 2, 5, 0))  # engagingness is 1 to 4
     assert "from 1 to 4" in run.last_from(agent, "Coordinator")
     run.server.send_agent_act(agent.get_agent_id(), {"text": "", "task_data": final_answers(1, 1, 1, 0)})
     record = wait_until(lambda: saved_conversations(run.folder), 120, "the saved chat")[0]
     assert record["ratings"] == {"engagingness": 1, "fluency": 1, "consistency": 1}
+    # ParlAI's acceptability checks, offline (packaged word list): the worker is soft-blocked
+    assert record["acceptability_violations"] == "unsafe:1"
+    assert wait_until(lambda: worker.is_qualified("transfertransfo_convai2_chat_block"), 120, "the soft block")
 
 
 def test_several_models_get_distinct_names_and_the_one_most_needed_is_chosen():

@@ -90,7 +90,10 @@ class ConvAI2ChatBlueprintArgs(ParlAIChatBlueprintArgs):
     max_concurrent_responses: int = field(default=1, metadata={"help": "model replies computed at once"})
     task_model_parallel: bool = False
     random_seed: int = field(default=42, metadata={"help": "seeds the personas of the chats"})
-    check_acceptability: bool = field(default=False, metadata={"help": "record ParlAI's acceptability checks of the worker's messages"})
+    check_acceptability: bool = field(
+        default=False,
+        metadata={"help": "ParlAI's acceptability checks of the worker's messages; a violation soft-blocks the worker"},
+    )
     world_file: str = os.path.join(HERE, "worlds.py")
     task_description_file: str = os.path.join(TASK_CONFIG, "task_description.html")
 
@@ -171,6 +174,8 @@ class ConvAI2ChatBlueprint(ParlAIChatBlueprint):
                 "annotation_buckets": annotation_buckets,
                 "annotation_question": blueprint.annotation_question,
                 "chat_data_folder": blueprint.chat_data_folder,
+                "check_acceptability": blueprint.check_acceptability,
+                "block_qualification": blueprint.get("block_qualification", None),
                 "semaphore": threading.Semaphore(blueprint.max_concurrent_responses),
                 "statistics_lock": threading.Lock(),
                 "run_statistics": {},

@@ -90,6 +90,7 @@ class ConvAI2ChatWorld(CrowdTaskWorld):
         self.turns_done = 0
         self.final_answers = None
         self.status = "incomplete"
+        self.violations = None
         self.saved = False
         self.started = time.time()
         self.agent.agent_id = WORKER_NAME
@@ -191,8 +192,23 @@ class ConvAI2ChatWorld(CrowdTaskWorld):
             "persona_choice": int(answers["persona_choice"]),
         }
         self.status = "complete"
+        if self.opt.get("check_acceptability"):
+            self._check_acceptability()
         self._save()
         self.episodeDone = True
+
+    def _check_acceptability(self):
+        """ParlAI's checks of the worker's messages (too short, all caps, repeated, offensive
+        words); a worker with a violation gets the block qualification, as in model_chat."""
+        from parlai.crowdsourcing.utils.acceptability import AcceptabilityChecker
+
+        messages = [d["text"] for d in self.dialog if d["agent_idx"] == 0]
+        self.violations = AcceptabilityChecker().check_messages(
+            messages, is_worker_0=False, violation_types=["min_words", "all_caps", "exact_match", "safety"]
+        )
+        block = self.opt.get("block_qualification")
+        if self.violations and block:
+            self.agent.mephisto_agent.get_worker().grant_qualification(block, 1)
 
     @staticmethod
     def _check_answers(answers, ratings, options):
@@ -229,6 +245,7 @@ class ConvAI2ChatWorld(CrowdTaskWorld):
             "ratings": answers["ratings"] if answers else None,
             "persona_choice": choice,
             "persona_correct": (choice == bot_index) if answers else None,
+            "acceptability_violations": self.violations,
             # ParlAI's conversation format: one list of [speaker, partner] exchanges
             "dialog": [
                 [{"id": d["id"], "text": d["text"], **{k: d[k] for k in ("annotations", "reply_seconds") if k in d}}]
