@@ -127,6 +127,8 @@ setup(
         # Mephisto 1.1.1 itself is installed by install.sh with --no-deps (its pins downgrade
         # transformers, jinja2, click and rich); these are what its local/mock/MTurk paths and
         # our results command import, pinned where Mephisto 1.1.1 breaks on newer releases.
+        # Not pandas: with pandas importable, ParlAI prints its metrics reports as tables
+        # instead of JSON lines (parlai.utils.misc.nice_report), for every command.
         "crowd": [
             "hydra-core>=1.3,<1.4",
             "omegaconf>=2.3,<2.4",
@@ -137,8 +139,6 @@ setup(
             "boto3>=1.17,<2",
             "xmltodict>=0.12,<0.13",
             "rich",
-            "tabulate",
-            "pandas",
             "scipy>=1.11",
             "matplotlib",
         ],

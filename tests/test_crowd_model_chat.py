@@ -55,6 +55,9 @@ def test_a_worker_passes_onboarding_chats_n_turns_and_the_ratings_are_saved(mock
     options = questions[-1]["task_data"]["final_questions"]["persona_options"]
     run.server.send_agent_act(agent.get_agent_id(), {"text": "", "task_data": final_answers(4, 2, 5, 1)})
     record = wait_until(lambda: saved_conversations(run.folder), 120, "the saved chat")[0]
+    # the same record in Mephisto's database (the agent's saved state)
+    world_data = wait_until(lambda: [m for m in agent.state.messages if "WORLD_DATA" in m], 120, "Mephisto's copy")
+    assert world_data[-1]["WORLD_DATA"]["custom_data"] == record
     run.server.submit_mock_unit(agent.get_agent_id(), {})
 
     assert record["status"] == "complete"

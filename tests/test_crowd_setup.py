@@ -234,3 +234,12 @@ def test_the_frontend_and_router_were_built_at_install_time():
     html = open(os.path.join(built, "index.html")).read()
     assert "http" not in html
     assert os.path.exists(os.path.join(frontend.ROUTER_BUILD, "node_modules", "express"))
+
+
+def test_the_crowd_extra_leaves_parlais_reports_as_json_lines():
+    """pandas (which the crowd extra must not pull in) turns ParlAI's reports into tables."""
+    import json
+
+    from parlai.utils.misc import nice_report
+
+    assert json.loads(nice_report({"exs": 3, "loss": 1.5})) == {"exs": 3, "loss": 1.5}
