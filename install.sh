@@ -55,9 +55,16 @@ install_serve() {
 check_serve='import fastapi, uvicorn'
 
 install_crowd() {
+  # What Mephisto's local/mock path imports (setup.py's `crowd` extra), then Mephisto itself
+  # without its declared dependencies: they would downgrade transformers, jinja2, click, rich.
   pip install -c constraints.txt -e ".[crowd]"
+  pip install -c constraints.txt --no-deps mephisto==1.1.1
+  # The task pages and Mephisto's node router: `npm ci` from our committed lockfiles and the
+  # bundles built now, so that a launch downloads and compiles nothing.
+  command -v npm >/dev/null || { say "the crowd extra needs Node.js and npm (Debian: apt-get install nodejs npm)"; exit 1; }
+  "$VENV/bin/python" -m parlai_transfertransfo.crowdsourcing.frontend
 }
-check_crowd='import parlai_transfertransfo'
+check_crowd='import mephisto.operations.operator, parlai_transfertransfo.crowdsourcing.model_chat.run as r, parlai_transfertransfo.crowdsourcing.frontend as f; f.check_built()'
 
 install_tensorboard() {
   pip install -c constraints.txt -e ".[tensorboard]"

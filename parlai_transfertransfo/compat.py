@@ -320,3 +320,166 @@ def fix_tensorboard_logger(logs):
 
 
 PATCHES["parlai.core.logs"] = fix_tensorboard_logger
+
+
+# ------------------------------------------------------------------ crowdsourcing (Mephisto)
+# Mephisto 1.1.1 (the newest on PyPI) and ParlAI's crowdsourcing code on Python 3.11, offline,
+# with several runs on one machine.  Used by parlai_transfertransfo/crowdsourcing/.
+
+
+def _with_default_factories(source, module, fields):
+    """`name: T = T()` -> `name: T = field(default_factory=T)` for each (name, T), exactly
+    once each: a changed upstream file fails loudly instead of half-patched."""
+    for name, cls in fields:
+        old = f"{name}: {cls} = {cls}()"
+        if source.count(old) != 1:
+            raise ImportError(f"compat: {module} no longer reads `{old}`: update compat.py")
+        source = source.replace(old, f"{name}: {cls} = field(default_factory={cls})")
+    return source
+
+
+def fix_mephisto_hydra_config_source(source):
+    """Mephisto 1.1.1's `mephisto/operations/hydra_config.py` gives dataclass fields
+    instances as defaults (`task: TaskRunArgs = TaskRunArgs()`), which Python 3.11 rejects
+    while the module is executed: `ValueError: mutable default <class ...TaskRunArgs> for
+    field task is not allowed: use default_factory`, so nothing of Mephisto imports.
+    Compiled from source with default factories, as later Mephisto releases do."""
+    return _with_default_factories(
+        source,
+        "mephisto.operations.hydra_config",
+        [("task", "TaskRunArgs"), ("database", "DatabaseArgs"), ("mephisto", "MephistoConfig")],
+    )
+
+
+def fix_parlai_mturk_config_source(source):
+    """ParlAI 1.7.2's `parlai/crowdsourcing/utils/mturk.py` declares `mturk: MTurkConfig =
+    MTurkConfig()` in a dataclass: on Python 3.11 importing it raises `ValueError: mutable
+    default ... use default_factory`, and with it every crowdsourcing task's run script
+    config.  Compiled from source with a default factory."""
+    return _with_default_factories(
+        source, "parlai.crowdsourcing.utils.mturk", [("mturk", "MTurkConfig")]
+    )
+
+
+def fix_mephisto_data_dir_prompt(dirs):
+    """Mephisto's `get_root_data_dir()` asks for a data directory on standard input
+    (`input("Please enter the full path ...")`) unless `~/.mephisto/config.yml` names one:
+    an unattended launch or a test hangs, and every run on the machine shares one
+    database.  Take the directory from TRANSFERTRANSFO_MEPHISTO_DIR when it is set (our
+    launcher always sets it, one per run or test), and never prompt."""
+    import os
+
+    configured = dirs.get_root_data_dir
+
+    def get_root_data_dir():
+        path = os.environ.get("TRANSFERTRANSFO_MEPHISTO_DIR")
+        if path:
+            os.makedirs(path, exist_ok=True)
+            dirs.loaded_data_dir = path
+            return path
+        if dirs.loaded_data_dir is None and dirs.get_config_arg(dirs.CORE_SECTION, dirs.DATA_STORAGE_KEY) is None:
+            raise RuntimeError(
+                "Mephisto has no data directory: set TRANSFERTRANSFO_MEPHISTO_DIR "
+                "(the crowdsourcing launcher sets it from mephisto_data_dir)"
+            )
+        return configured()
+
+    dirs.get_root_data_dir = get_root_data_dir
+
+
+def fix_mephisto_config_at_import(config_handler):
+    """`import mephisto` runs `init_config()`, which creates `~/.mephisto/config.yml` in the
+    user's home (a write at import time, which fails on a read-only home), and
+    `get_config_arg` raises FileNotFoundError when that file is absent.  Create nothing;
+    read the file when the user has one (MTurk's `allowed_locales`, a data directory set
+    with `mephisto config`), else behave as if it were empty."""
+    import os
+
+    read = config_handler.get_config
+
+    def get_config():
+        if not os.path.exists(config_handler.DEFAULT_CONFIG_FILE):
+            return {}
+        return read() or {}
+
+    config_handler.init_config = lambda: None
+    config_handler.get_config = get_config
+
+
+def fix_local_architect_server_dir(local_architect):
+    """Mephisto's local architect runs its node router from
+    `site-packages/tmp/local_server_<task run id>` and starts it in a new process group:
+    run ids restart at 1 in every fresh database, so two runs on one machine (or a run
+    after an unclean stop, which leaves the folder behind) collide on the same folder, and
+    the router outlives a killed Python process.  Run it under the run's own data
+    directory, record its pid there (parlai_transfertransfo.crowdsourcing.environment
+    stops a recorded orphan before the next launch) and have the kernel stop it when its
+    parent dies."""
+    from parlai_transfertransfo.crowdsourcing import environment
+
+    local_architect.get_mephisto_tmp_dir = environment.server_tmp_dir
+    deploy = local_architect.LocalArchitect.deploy
+    shutdown = local_architect.LocalArchitect.shutdown
+
+    def deploy_isolated(self):
+        with environment.router_dies_with_parent(local_architect):
+            url = deploy(self)
+        environment.record_router(self.server_process_pid)
+        return url
+
+    def shutdown_isolated(self):
+        try:
+            shutdown(self)
+        finally:
+            environment.forget_router(self.server_process_pid)
+
+    local_architect.LocalArchitect.deploy = deploy_isolated
+    local_architect.LocalArchitect.shutdown = shutdown_isolated
+
+
+def fix_operator_metrics_port(operator):
+    """Every Mephisto Operator starts a Prometheus exporter on the fixed port 3031: the
+    second run on a machine (other tests, another evaluation) cannot bind it and logs a
+    traceback, and the exporter's thread holds the port for the life of the process.
+    Nothing scrapes it unless Mephisto's Prometheus/Grafana metrics are installed
+    (`mephisto metrics install`); start it only then."""
+    start_metrics_server = operator.start_metrics_server
+
+    def start_metrics_server_if_used(args=None):
+        from mephisto.utils.metrics import metrics_are_installed
+
+        if metrics_are_installed():
+            start_metrics_server(args)
+
+    operator.start_metrics_server = start_metrics_server_if_used
+
+
+def fix_offensive_language_download(acceptability):
+    """ParlAI's `AcceptabilityChecker()` (model_chat's acceptability checks) builds an
+    `OffensiveStringMatcher()` that downloads `OffensiveLanguage.txt` from parl.ai when a
+    world starts: offline it fails, online it fetches at launch.  Use the word list
+    packaged with this plugin (assets/offensive_words.txt) unless a path is given."""
+    from parlai_transfertransfo.crowdsourcing.environment import OFFENSIVE_WORDS
+
+    matcher = acceptability.OffensiveStringMatcher
+
+    def packaged_matcher(datapath=None):
+        return matcher(datapath if datapath else OFFENSIVE_WORDS)
+
+    acceptability.OffensiveStringMatcher = packaged_matcher
+
+
+SOURCE_PATCHES = {
+    "mephisto.operations.hydra_config": fix_mephisto_hydra_config_source,
+    "parlai.crowdsourcing.utils.mturk": fix_parlai_mturk_config_source,
+}
+
+PATCHES.update(
+    {
+        "mephisto.operations.config_handler": fix_mephisto_config_at_import,
+        "mephisto.utils.dirs": fix_mephisto_data_dir_prompt,
+        "mephisto.abstractions.architects.local_architect": fix_local_architect_server_dir,
+        "mephisto.operations.operator": fix_operator_metrics_port,
+        "parlai.crowdsourcing.utils.acceptability": fix_offensive_language_download,
+    }
+)
