@@ -1,7 +1,7 @@
 """One command for every benchmark: prints a table of medians and ratios, and the machine.
 
     .venv/bin/python -m benchmarks [--model gpt2-small|smollm2-135m|all] [--reps 3]
-        [--only P1,P2,P3,P5] [--device cpu|cuda] [--threads 1] [--interactive-model-file MF]
+        [--only P1,P2,P3,P5,P6] [--device cpu|cuda] [--threads 1] [--interactive-model-file MF]
 
 Each pair runs side by side in this one process, interleaved, after a check that both
 sides compute the same thing (same greedy tokens; ranking scores and losses to 1e-4).
@@ -22,6 +22,8 @@ GOALS = {  # (numerator side, denominator side, goal text, test on the ratio)
            ("full-sequence scoring (convai_evaluation.py)", "agent eval_step: hits@1 only", ">= 10x faster", lambda r: r >= 10)],
     "P3": [("agent train_step", "plain PyTorch loop (train.py)", ">= 0.9x plain tok/s", lambda r: r >= 0.9)],
     "P5": [],
+    "P6": [("8 chats, -bs 1", "8 chats, -bs 8", ">= 3x faster", lambda r: r >= 3),
+           ("8 chats, -bs 8", "1 chat, -bs 1", "<= 3x one chat", lambda r: r <= 3)],
 }
 
 
@@ -29,7 +31,7 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gpt2-small", choices=[*common.MODELS, "all"])
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per side (median reported)")
-    p.add_argument("--only", default="P1,P2,P3,P5", help="comma-separated subset of P1,P2,P3,P5")
+    p.add_argument("--only", default="P1,P2,P3,P5,P6", help="comma-separated subset of P1,P2,P3,P5,P6")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1,
                    help="torch.set_num_threads: 1 is steadiest when other work shares the cores")
@@ -40,6 +42,8 @@ def parse(argv):
     p.add_argument("--interactive-model-file", default="zoo:transfertransfo/smollm2_135m/model",
                    help="P5: model file or zoo path for `parlai interactive -mf` (default: the "
                    "embedded default model, built once by an untimed first run)")
+    p.add_argument("--self-chat-model-file", default="zoo:transfertransfo/smollm2_135m/model",
+                   help="P6: model file or zoo path for 8 self-chats at -bs 1 and -bs 8")
     return p.parse_args(argv)
 
 
@@ -105,6 +109,14 @@ def main(argv=None):
         notes.append(f"P5 {args.interactive_model_file}: first reply {r['reply']!r} "
                      f"(set-up run, untimed: {r['setup_seconds']:.1f} s)")
         report("P5", args.interactive_model_file.replace("zoo:transfertransfo/", "").replace("/model", ""), r)
+
+    if "P6" in only:
+        from benchmarks import self_chat
+        r = self_chat.run(args.self_chat_model_file, args.device, args.reps)
+        notes.append(f"P6 {args.self_chat_model_file}: 8 chats of 4 turns (personas, then 3 exchanges), "
+                     f"greedy, the same persona pairs on every side; {r['same_utterances']} of "
+                     f"{r['utterances']} utterances at -bs 8 equal those at -bs 1")
+        report("P6", args.self_chat_model_file.replace("zoo:transfertransfo/", "").replace("/model", ""), r)
 
     print()
     print(f"Machine: {common.machine(args.device)}; {args.reps} reps, sides interleaved")
