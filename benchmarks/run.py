@@ -22,7 +22,7 @@ GOALS = {  # (numerator side, denominator side, goal text, test on the ratio)
            ("full-sequence scoring (convai_evaluation.py)", "agent eval_step: hits@1 only", ">= 10x faster", lambda r: r >= 10)],
     "P3": [("agent train_step", "plain PyTorch loop (train.py)", ">= 0.9x plain tok/s", lambda r: r >= 0.9)],
     "P5": [],
-    "P6": [("8 chats, -bs 1", "8 chats, -bs 8", ">= 3x faster", lambda r: r >= 3),
+    "P6": [("8 chats, -bs 1", "8 chats, -bs 8", ">= 2x faster", lambda r: r >= 2),
            ("8 chats, -bs 8", "1 chat, -bs 1", "<= 3x one chat", lambda r: r <= 3)],
 }
 

@@ -79,7 +79,7 @@ def duel(models, tmp_path_factory):
 
 def test_personas_come_from_the_packaged_training_personas_offline(duel):
     log, out = duel
-    assert "packaged PERSONA-CHAT training personas" in out
+    assert f"using the {len(PACKAGED)} distinct packaged PERSONA-CHAT training personas" in out
     chats = list(Conversations(str(log)))
     for chat in chats:
         sides = [turn["text"] for turn in chat.context]
@@ -103,8 +103,12 @@ def test_the_log_is_n_conversations_of_the_requested_length_in_acute_evals_forma
             assert all(isinstance(act["text"], str) and act["text"].strip() for act in pair)
     for chat in chats:
         assert chat[0]["id"] == "Transfertransfo_1" and chat[0]["text"].strip()  # the opening
-    # -bs 2: the first two chats ran together, then the third alone
+    # -bs 2: the first two chats ran together, then the third alone; each is printed whole
     assert re.findall(r"\((\d) / 3\)", out) == ["2", "3"]
+    printed = out.split("-- end of episode --")
+    assert len(printed) == 4
+    for chat, shown in zip(chats, printed):
+        assert all(f"[{turn['id']}]: {turn['text']}" in shown for turn in chat)
 
 
 class Replay:
@@ -137,6 +141,34 @@ def test_each_side_speaks_from_its_own_model_and_persona_and_the_first_opens(mod
         second = [chat[i]["text"] for i in range(1, len(chat), 2)]
         assert first_model.says(chat.context[0]["text"], [None] + second[:-1]) == first
         assert partner.says(chat.context[1]["text"], first) == second
+
+
+@pytest.mark.parametrize("decoding", [["--inference", "greedy"], ["--inference", "beam", "--beam-size", 2,
+                                                                  "--beam-context-block-ngram", 2]])
+def test_the_bot_opens_from_its_persona_alone_with_the_recipes_inputs(decoding, tiny_gpt2_dir, tmp_path):
+    """A persona with no utterance yet is the recipe's instance with an empty history:
+    `<bos>` + persona, then the reply (`<speaker1>`, token type `<speaker2>`)."""
+    from parlai.core.agents import create_agent
+    from parlai.core.params import ParlaiParser
+
+    from parlai_transfertransfo import inputs
+
+    opt = ParlaiParser(True, True).parse_args([
+        "-m", "transfertransfo", "--model-name", tiny_gpt2_dir, "--datapath", str(tmp_path),
+        "--skip-generation", "false", *map(str, decoding),
+    ])
+    agent = create_agent(opt)
+    persona = ["i like to remodel homes .", "i like to go hunting ."]
+    obs = agent.observe(Message({"text": persona_text(persona), "episode_done": False}))
+    reply = [7, 8]
+    instance = inputs.build_instance([agent.dict.txt2vec(s) for s in persona], [], reply, agent.special)
+    prefix = len(instance["input_ids"]) - len(reply) - 2  # before <speaker1> reply <eos>
+    assert obs["text_vec"].tolist() == instance["input_ids"][:prefix]
+    assert obs["text_types"].tolist() == instance["token_type_ids"][:prefix]
+    assert obs["reply_type"] == instance["token_type_ids"][-1] == agent.special.speaker2
+    opening = agent.act()
+    assert opening["text"].strip()
+    assert agent.history.utterances == [opening["text"]]  # and it is the bot's first turn
 
 
 def self_chat_in_process(*args):
@@ -205,3 +237,71 @@ def test_nonsense_options_stop_before_any_model_loads(args, message, models, mon
         self_chat_in_process("-mf", gpt2, "-t", "convai2", "--datapath", data, *args)
     assert str(err.value).startswith(f"parlai self_chat: {message}")
     assert "\n" not in str(err.value)
+
+
+# ---- the compat patches (compat.py, self-chat section): each breakage is real -------------
+def both_file_dialogs():
+    """Three `convai2:both` dialogs (ParlAI's text format): each side's persona, one exchange."""
+    lines = []
+    for i, (mine, theirs) in enumerate([("i like cats.", "i like dogs."), ("i am a nurse.", "i fly planes."),
+                                        ("i love tea.", "i hate tea.")]):
+        lines += [f"1 your persona: {mine}", f"2 partner's persona: {theirs}",
+                  f"3 hello {i}\thi {i}\t\tnope|hi {i}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def convai2_install(tmp_path):
+    """A datapath whose ConvAI2 folder is installed (marked built) without the `both` files."""
+    import parlai.core.build_data as build_data
+
+    from parlai_transfertransfo.data.convai2 import FOLDER, VERSION
+
+    (tmp_path / FOLDER).mkdir()
+    build_data.mark_done(str(tmp_path / FOLDER), VERSION)
+    return tmp_path
+
+
+def test_parlai_reads_self_chat_personas_from_convai2s_training_file_only(convai2_install):
+    import inspect
+
+    import parlai.tasks.convai2.worlds as worlds
+    from parlai.core.params import ParlaiParser
+
+    opt = ParlaiParser(True, False).parse_args(["--datapath", str(convai2_install), "-t", "convai2"])
+    parlai_load = inspect.getclosurevars(worlds._load_personas).nonlocals["parlai_load_personas"]
+    with pytest.raises(SystemExit, match="train_both_original.txt is not installed"):
+        parlai_load(opt)  # the breakage: no training file, no self-chat
+    assert sorted(worlds._load_personas(opt)) == sorted(PACKAGED)
+    # with the file installed, the personas are those ParlAI reads from it
+    (convai2_install / "ConvAI2" / "train_both_original.txt").write_text(both_file_dialogs())
+    from_file = worlds._load_personas(opt)
+    assert "your persona: i am a nurse." in from_file and "your persona: i fly planes." in from_file
+    assert sorted(from_file) == sorted(parlai_load(opt))
+
+
+def parlai_self_chat_script():
+    """ParlAI's own `parlai/scripts/self_chat.py`, loaded afresh under another name (unpatched)."""
+    import importlib.util
+
+    import parlai.scripts.self_chat as patched
+
+    spec = importlib.util.spec_from_file_location("parlai_self_chat_unpatched", patched.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parlai_self_chat_refuses_batches_and_breaks_on_a_missing_partner(models, tmp_path):
+    import parlai.scripts.self_chat as patched
+
+    assert patched.self_chat.__module__ == "parlai_transfertransfo.selfchat.script"
+    parlai_script = parlai_self_chat_script()
+    gpt2, _, data = models
+    common = ["-mf", gpt2, "-t", "convai2", "--datapath", data, "-d", "false", "--outfile", tmp_path / "log"]
+    opt = parlai_script.setup_args().parse_args(list(map(str, common + ["-bs", 2])))
+    with pytest.raises(AssertionError, match="Batch size cannot be different than 1"):
+        parlai_script.self_chat(opt)
+    opt = parlai_script.setup_args().parse_args(list(map(str, common + ["-pmf", tmp_path / "missing"])))
+    with pytest.raises(AttributeError, match="'NoneType' object has no attribute"):
+        parlai_script.self_chat(opt)

@@ -58,4 +58,4 @@ class BatchSelfChatWorld(BatchWorld):
             w.turn_cnt += 1
 
     def display(self):
-        return "\n".join(w.display() for w in self.active)
+        return "\n".join(f"[chat {i + 1} of {len(self.active)}]\n{w.display()}" for i, w in enumerate(self.active))

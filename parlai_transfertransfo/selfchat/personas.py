@@ -26,8 +26,9 @@ def is_installed(path):
 
 
 def packaged_personas():
-    """Every packaged training persona, as the text a convai2 world gives its agent."""
-    return [packaged.persona_text(p) for p in packaged.load_personas()]
+    """The distinct packaged training personas (ParlAI's loader gives each once too), as the
+    text a convai2 world gives its agent."""
+    return list(dict.fromkeys(packaged.persona_text(p) for p in packaged.load_personas()))
 
 
 _loaded = {}  # path -> personas: a batch of self-chat worlds loads them once, not once each
@@ -42,7 +43,7 @@ def convai2_personas(opt, parlai_load_personas):
             personas = parlai_load_personas(opt)
         else:
             personas = packaged_personas()
-            print(f"[ {path} is not installed: using the {len(personas)} packaged "
+            print(f"[ {path} is not installed: using the {len(personas)} distinct packaged "
                   "PERSONA-CHAT training personas ]")
         _loaded[path, installed] = personas
     return list(_loaded[path, installed])

@@ -103,7 +103,8 @@ def create_world(opt, agents):
 
 
 def run_chats(opt, world, logger):
-    """`--num-self-chats` chats of `--selfchat-max-turns` parleys, `-bs` at a time, logged."""
+    """`--num-self-chats` chats of `--selfchat-max-turns` parleys, `-bs` at a time, logged;
+    with `-d true`, each chat is printed whole when its batch ends."""
     import parlai.utils.logging as logging
     from parlai.utils.misc import TimeLogger
 
@@ -113,13 +114,19 @@ def run_chats(opt, world, logger):
         chats = min(opt["batchsize"], total - done)
         if isinstance(world, BatchSelfChatWorld):
             world.start_chats(chats)
+            chat_worlds = world.active
+        else:
+            chat_worlds = [world]
+        transcripts = [[] for _ in chat_worlds]
         for _ in range(opt["selfchat_max_turns"]):
             world.parley()
             logger.log(world)
             if opt["display_examples"]:
-                print(world.display())
+                for transcript, chat_world in zip(transcripts, chat_worlds):
+                    transcript.append(chat_world.display())
         if opt["display_examples"]:
-            print("-- end of episode --")
+            for transcript in transcripts:
+                print("\n".join(transcript) + "\n-- end of episode --")
         world.reset()
         for i in range(chats):  # each chat of the batch ends here: file it
             logger.reset_world(idx=i)
