@@ -22,7 +22,7 @@ GOALS = {  # (numerator side, denominator side, goal text, test on the ratio)
            ("full-sequence scoring (convai_evaluation.py)", "agent eval_step: hits@1 only", ">= 10x faster", lambda r: r >= 10)],
     "P3": [("agent train_step", "plain PyTorch loop (train.py)", ">= 0.9x plain tok/s", lambda r: r >= 0.9)],
     "P5": [],
-    "P6": [("8 chats, -bs 1", "8 chats, -bs 8", ">= 2x faster", lambda r: r >= 2),
+    "P6": [("8 chats, -bs 1", "8 chats, -bs 8", "", None),  # the batching gain, no goal
            ("8 chats, -bs 8", "1 chat, -bs 1", "<= 3x one chat", lambda r: r <= 3)],
 }
 
@@ -61,7 +61,8 @@ def rows_for(bench, model, result, device):
             ratio = per_s[num] / per_s[den]
         else:
             ratio = common.median(times[num]) / common.median(times[den])
-        rows.append((bench, model, f"ratio {num} / {den}", f"{ratio:.2f}x", goal, "ok" if ok(ratio) else "MISSED"))
+        verdict = "" if ok is None else "ok" if ok(ratio) else "MISSED"
+        rows.append((bench, model, f"ratio {num} / {den}", f"{ratio:.2f}x", goal, verdict))
     if bench == "P5":
         ok = common.median(times["parlai interactive: first reply"]) <= 15
         rows.append((bench, model, "goal", "", "<= 15 s", "ok" if ok else "MISSED"))
@@ -115,7 +116,10 @@ def main(argv=None):
         r = self_chat.run(args.self_chat_model_file, args.device, args.reps)
         notes.append(f"P6 {args.self_chat_model_file}: 8 chats of 4 turns (personas, then 3 exchanges), "
                      f"greedy, the same persona pairs on every side; {r['same_utterances']} of "
-                     f"{r['utterances']} utterances at -bs 8 equal those at -bs 1")
+                     f"{r['utterances']} utterances at -bs 8 equal those at -bs 1; "
+                     + ("times are CPU seconds of this process; wall medians: "
+                        + ", ".join(f"{k} {common.median(v):.1f} s" for k, v in r["wall"].items())
+                        if args.device == "cpu" else "wall times"))
         report("P6", args.self_chat_model_file.replace("zoo:transfertransfo/", "").replace("/model", ""), r)
 
     print()

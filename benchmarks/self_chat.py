@@ -5,10 +5,12 @@ chat at `-bs 1`, N chats at `-bs 1`, N chats at `-bs N`.  Greedy decoding and th
 persona pairs (drawn with a fixed seed) on every side, so the sides say the same things;
 the check reports how many utterances of the batched run equal the unbatched ones
 (float32 batched and single matmuls may round differently, and one flipped token
-changes the rest of that chat).
+changes the rest of that chat).  On CPU the times are this process's CPU seconds (wall
+times come too): on cores shared with other work, wall time mostly measures the neighbours.
 """
 import copy
 import random
+import time
 
 
 def _args(model_file, device, turns):
@@ -18,6 +20,16 @@ def _args(model_file, device, turns):
         "-mf", model_file, "-t", "convai2", "--selfchat-max-turns", str(turns),
         "--inference", "greedy", "-d", "false",
     ] + (["--no-cuda"] if device == "cpu" else []))
+
+
+def _cpu_timed(fn, cpu, name):
+    """fn, recording the CPU seconds this process spends in it under cpu[name]: on a CPU
+    shared with other work, wall time mostly measures the neighbours."""
+    def timed():
+        start = time.process_time()
+        fn()
+        cpu.setdefault(name, []).append(time.process_time() - start)
+    return timed
 
 
 def run(model_file, device, reps, chats=8, turns=4, seed=0):
@@ -51,13 +63,16 @@ def run(model_file, device, reps, chats=8, turns=4, seed=0):
             ]
         return chat
 
-    logs = {}
-    names = {"1 chat, -bs 1": (1, 1), f"{chats} chats, -bs 1": (chats, 1), f"{chats} chats, -bs {chats}": (chats, chats)}
-    times = common.interleaved({name: side(*cfg) for name, cfg in names.items()}, reps, device)
+    logs, cpu = {}, {}
+    names = {"1 chat, -bs 1": (1, 1), f"{chats} chats, -bs 1": (chats, 1),
+             f"{chats} chats, -bs {chats}": (chats, chats)}
+    sides = {name: side(*cfg) for name, cfg in names.items()}
+    wall = common.interleaved({name: _cpu_timed(fn, cpu, name) for name, fn in sides.items()}, reps, device)
     single, batched = logs[chats, 1], logs[chats, chats]
     same = sum(a == b for x, y in zip(single, batched) for a, b in zip(x, y))
     return {
-        "times": times,
+        "times": cpu if device == "cpu" else wall,
+        "wall": wall,
         "utterances": sum(map(len, single)),
         "same_utterances": same,
         "first_chat": batched[0],

@@ -213,11 +213,15 @@ def test_missing_models_are_one_line_each_on_the_command_line(models, tmp_path):
     gpt2, _, data = models
     rc, out = parlai("self_chat", "-mf", tmp_path / "nope" / "model", "-t", "convai2", "--datapath", data)
     assert rc == 1
-    assert one_line_error(out) == f"parlai self_chat: the model file {tmp_path}/nope/model does not exist: check -mf/--model-file"
+    assert one_line_error(out) == (
+        f"parlai self_chat: the model file {tmp_path}/nope/model does not exist: check -mf/--model-file"
+    )
     rc, out = parlai("self_chat", "-mf", gpt2, "--partner-model-file", tmp_path / "other", "-t", "convai2",
                      "--datapath", data)
     assert rc == 1
-    assert one_line_error(out).startswith(f"parlai self_chat: the partner model file {tmp_path}/other does not exist")
+    assert one_line_error(out).startswith(
+        f"parlai self_chat: the partner model file {tmp_path}/other does not exist"
+    )
 
 
 @pytest.mark.parametrize("args, message", [

@@ -58,4 +58,5 @@ class BatchSelfChatWorld(BatchWorld):
             w.turn_cnt += 1
 
     def display(self):
-        return "\n".join(f"[chat {i + 1} of {len(self.active)}]\n{w.display()}" for i, w in enumerate(self.active))
+        n = len(self.active)
+        return "\n".join(f"[chat {i + 1} of {n}]\n{w.display()}" for i, w in enumerate(self.active))
