@@ -1,8 +1,9 @@
 """One command for every benchmark: prints a table of medians and ratios, and the machine.
 
     .venv/bin/python -m benchmarks [--model gpt2-small|smollm2-135m|all] [--reps 3]
-        [--only P1,P2,P3,P5,P6,P7] [--device cpu|cuda] [--threads 1] [--interactive-model-file MF]
+        [--only P1,P2,P3,P5,P6,P7,P8] [--device cpu|cuda] [--threads 1] [--interactive-model-file MF]
         [--p2-examples 16] [--eval-model-file MF] [--p7-examples 512] [--p7-skip-generation]
+        [--self-chat-model-file MF]
 
 Each pair runs side by side in this one process, interleaved, after a check that both
 sides compute the same thing (same greedy tokens; ranking scores and losses to 1e-4).
@@ -27,6 +28,8 @@ GOALS = {  # (numerator side, denominator side, goal text, test on the ratio)
     "P6": [("16 sessions at once (dynamic batching)", "the same requests one at a time", ">= 4x throughput",
             lambda r: r >= 4)],
     "P7": [],
+    "P8": [("8 chats, -bs 1", "8 chats, -bs 8", "", None),  # the batching gain, no goal
+           ("8 chats, -bs 8", "1 chat, -bs 1", "<= 3x one chat", lambda r: r <= 3)],
 }
 
 
@@ -34,7 +37,7 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gpt2-small", choices=[*common.MODELS, "all"])
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per side (median reported)")
-    p.add_argument("--only", default="P1,P2,P3,P5,P6,P7", help="comma-separated subset of P1,P2,P3,P5,P6,P7")
+    p.add_argument("--only", default="P1,P2,P3,P5,P6,P7,P8", help="comma-separated subset of P1,P2,P3,P5,P6,P7,P8")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1,
                    help="torch.set_num_threads: 1 is steadiest when other work shares the cores")
@@ -51,6 +54,8 @@ def parse(argv):
     p.add_argument("--p7-examples", type=int, default=512, help="P7: real examples per side")
     p.add_argument("--p7-skip-generation", action="store_true",
                    help="P7: rank and ppl only (eval_model's default also generates a reply)")
+    p.add_argument("--self-chat-model-file", default="zoo:transfertransfo/smollm2_135m/model",
+                   help="P8: model file or zoo path for 8 self-chats at -bs 1 and -bs 8")
     return p.parse_args(argv)
 
 
@@ -178,6 +183,16 @@ def main(argv=None):
                ">= 1.5x", "ok" if ratio >= 1.5 else "MISSED")
         rows.append(row)
         print(" | ".join(row), flush=True)
+    if "P8" in only:
+        from benchmarks import self_chat
+        r = self_chat.run(args.self_chat_model_file, args.device, args.reps)
+        notes.append(f"P8 {args.self_chat_model_file}: 8 chats of 4 turns (personas, then 3 exchanges), "
+                     f"greedy, the same persona pairs on every side; {r['same_utterances']} of "
+                     f"{r['utterances']} utterances at -bs 8 equal those at -bs 1; "
+                     + ("times are CPU seconds of this process; wall medians: "
+                        + ", ".join(f"{k} {common.median(v):.1f} s" for k, v in r["wall"].items())
+                        if args.device == "cpu" else "wall times"))
+        report("P8", args.self_chat_model_file.replace("zoo:transfertransfo/", "").replace("/model", ""), r)
 
     print()
     print(f"Machine: {common.machine(args.device)}; {args.reps} reps, sides interleaved")

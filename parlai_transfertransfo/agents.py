@@ -181,8 +181,8 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         return persona, utterances
 
     def _set_text_vec(self, obs, history, truncate):
-        if "text" not in obs or not history.utterance_vecs:
-            return obs
+        if "text" not in obs or not (history.utterance_vecs or history.persona_vecs):
+            return obs  # a persona alone is enough: the bot opens (self-chat's first turn)
         replies = [self._reply_vec(t) for t in obs.get("labels", obs.get("eval_labels", []))]
         if "labels" not in obs and obs.get("label_candidates"):  # ranked at evaluation
             obs["tt_cand_vecs"] = [self._reply_vec(c) for c in obs["label_candidates"]]

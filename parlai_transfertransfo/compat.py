@@ -483,3 +483,29 @@ PATCHES.update(
         "parlai.crowdsourcing.utils.acceptability": fix_offensive_language_download,
     }
 )
+
+
+# ------------------------------------------------------------------ self-chat (issue 12)
+def fix_convai2_personas_offline(worlds):
+    """ParlAI's convai2 self-chat and interactive worlds take their personas from ConvAI2's
+    training file (`train_both_original.txt`), downloading ConvAI2 first: offline,
+    `parlai self_chat -t convai2` stops with a download error.  Without the installed file,
+    serve the packaged PERSONA-CHAT training personas (the same personas), no download."""
+    from parlai_transfertransfo.selfchat.personas import convai2_personas
+
+    parlai_load_personas = worlds._load_personas
+    worlds._load_personas = lambda opt: convai2_personas(opt, parlai_load_personas)
+
+
+def fix_self_chat_script(self_chat):
+    """ParlAI 1.7.2's `parlai self_chat` asserts `-bs 1` (an AssertionError traceback for
+    any other batch size), dies with AttributeError on a `--partner-model-file` that does not
+    exist, and loads the partner outside `--datapath`.  Run it as `selfchat.script` does:
+    options checked in one line each, the partner under `--datapath`, `-bs N` chats batched."""
+    from parlai_transfertransfo.selfchat.script import self_chat as checked_batched_self_chat
+
+    self_chat.self_chat = checked_batched_self_chat
+
+
+PATCHES["parlai.tasks.convai2.worlds"] = fix_convai2_personas_offline
+PATCHES["parlai.scripts.self_chat"] = fix_self_chat_script

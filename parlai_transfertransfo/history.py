@@ -67,6 +67,6 @@ class RecipeHistory(History):
         self.history_strings = self.persona + self.utterances
 
     def get_history_vec(self):
-        if not self.utterance_vecs:
+        if not (self.utterance_vecs or self.persona_vecs):
             return None
         return [tok for vec in self.persona_vecs + self.utterance_vecs for tok in vec]
