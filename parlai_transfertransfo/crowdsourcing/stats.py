@@ -162,3 +162,30 @@ def plot_distributions(path, title: str, scales: Dict[str, range], ratings: Dict
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_win_rates(path, title: str, rows: List[Dict]):
+    """ACUTE-Eval's chart (a PNG): one panel per question, each model's win rate against
+    its opponent with the 95% CI as error bars, and the 50% line of a tie."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    questions = list(dict.fromkeys(r["question"] for r in rows))
+    fig, axes = plt.subplots(1, len(questions), figsize=(4.2 * len(questions), 3.6), squeeze=False)
+    for ax, question in zip(axes[0], questions):
+        mine = [r for r in rows if r["question"] == question]
+        values = [r["win_rate"] for r in mine]
+        errors = [[v - r["ci_low"] for v, r in zip(values, mine)], [r["ci_high"] - v for v, r in zip(values, mine)]]
+        ax.bar(range(len(mine)), values, yerr=errors, capsize=4, color=[f"C{i % 10}" for i in range(len(mine))])
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(mine)))
+        ax.set_xticklabels([f"{r['model']}\nvs {r['vs']}\n(n={r['judgments']})" for r in mine], fontsize="small")
+        ax.set_ylim(0, 1)
+        ax.set_title(question)
+    axes[0][0].set_ylabel("win rate")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

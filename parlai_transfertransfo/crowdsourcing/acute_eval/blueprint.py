@@ -50,9 +50,9 @@ class AcuteEvalArgs(OnboardingRequiredArgs, BlueprintArgs):
         default="TransfertransfoAcuteEval",
         metadata={"help": "ACUTE-Eval: workers compare two models' self-chats side by side"},
     )
-    selfchat_logs: Dict[str, str] = field(
-        default_factory=dict,
-        metadata={"help": "model name -> its self-chat log (F or F.jsonl of `parlai self_chat --outfile F`)"},
+    selfchat_logs: List[str] = field(
+        default_factory=list,
+        metadata={"help": "each model as NAME:LOG, LOG being F or F.jsonl of `parlai self_chat --outfile F`"},
     )
     model_pairs: List[str] = field(
         default_factory=list, metadata={"help": "matchups as MODEL_A:MODEL_B (default: every two models)"}

@@ -25,6 +25,19 @@ class Conversation:
     speaker_id: str  # the judged speaker's id in the log, e.g. Transfertransfo_1
 
 
+def parse_selfchat_logs(items) -> dict:
+    """`["NAME:LOG", ...]` (the option `selfchat_logs`) -> {NAME: LOG}, in order."""
+    found = {}
+    for item in items:
+        name, sep, path = str(item).partition(":")
+        if not sep or not name or not path:
+            raise CrowdError(f"selfchat_logs entry '{item}': write it as NAME:LOG (LOG: `parlai self_chat --outfile LOG`)")
+        if name in found:
+            raise CrowdError(f"selfchat_logs names model '{name}' twice")
+        found[name] = path
+    return found
+
+
 def log_path(path: str) -> str:
     """`F` or `F.jsonl` (as `--outfile F` wrote it) -> the .jsonl file."""
     path = os.path.expanduser(str(path))
@@ -53,7 +66,7 @@ def _conversation(path, lineno, line, speaker_index):
     try:
         record = json.loads(line)
     except ValueError as err:
-        raise CrowdError(f"{where}: not JSON ({err.msg}, column {err.colno})") from None
+        raise CrowdError(f"{where}: not JSON ({err.msg}, column {err.pos + 1})") from None
     dialog = record.get("dialog") if isinstance(record, dict) else None
     if not isinstance(dialog, list) or not dialog:
         raise CrowdError(f"{where}: not a conversation (no \"dialog\" list of turns, as `parlai self_chat` writes)")

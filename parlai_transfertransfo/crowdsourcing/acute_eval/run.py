@@ -2,7 +2,7 @@
 
     python -m parlai_transfertransfo.crowdsourcing.acute_eval \\
         mephisto/architect=local mephisto/provider=mock \\
-        'mephisto.blueprint.selfchat_logs={zoo: selfchats/zoo, backbone: selfchats/backbone}' \\
+        'mephisto.blueprint.selfchat_logs=[zoo:selfchats/zoo,backbone:selfchats/backbone]' \\
         'mephisto.blueprint.questions=[engagingness,humanness]'
 
 Hydra overrides as in ParlAI's crowdsourcing tasks (hydra_configs/conf/acute_eval.yaml and
@@ -64,7 +64,7 @@ def build_comparisons(bp):
     questions = task_config.load_questions(bp.questions_path)
     keys = task_config.choose_questions(list(bp.questions), questions)
     onboarding = task_config.load_onboarding(bp.onboarding_path, questions)
-    logs_by_model = dict(bp.selfchat_logs or {})
+    logs_by_model = logs.parse_selfchat_logs(list(bp.selfchat_logs or []))
     model_pairs = pairings.parse_model_pairs(list(bp.model_pairs or []), list(logs_by_model))
     needed = {m for pair in model_pairs for m in pair}
     conversations = {m: logs.read_log(path, bp.speaker_index) for m, path in logs_by_model.items() if m in needed}

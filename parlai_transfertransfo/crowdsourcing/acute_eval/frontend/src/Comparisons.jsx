@@ -41,7 +41,7 @@ export function Comparisons({ comparisons, onboarding, minReasonWords, onSubmit 
   }
 
   return (
-    <div id="comparison" data-index={index} data-onboarding={onboarding ? "yes" : "no"}>
+    <div id="comparison" data-index={index} data-comparison-id={comparison.id} data-onboarding={onboarding ? "yes" : "no"}>
       <p className="text-muted" id="progress">
         {onboarding ? "Practice comparison" : "Comparison"} {index + 1} of {comparisons.length}
       </p>

@@ -28,8 +28,9 @@ function App() {
   if (task.blockedReason) {
     return (
       <Message id="blocked" kind="danger">
-        {task.blockedReason === "null_agent_id" && task.blockedExplanation === "not_qualified"
-          ? "Sorry, your answers to the practice comparisons were not right, so you cannot work on this task. Please return it."
+        {task.blockedReason === "null_agent_id" && /not currently qualified/.test(task.blockedExplanation || "")
+          ? "Sorry, you cannot work on this task: the practice comparisons were not answered right " +
+            "(or your account lacks the task's qualifications). Please return it."
           : task.blockedExplanation || "This task is not available to you now."}
       </Message>
     );
