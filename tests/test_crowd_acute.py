@@ -72,7 +72,20 @@ def test_pairings_are_balanced_over_conversations_and_sides():
     assert make_pairings({"a": [None] * 7, "b": [None] * 5}, [("a", "b")], questions, 5, seed=3) == pairings
 
 
-def test_bad_input_fails_in_one_line_before_anything_starts(tmp_path, selfchats):
+def test_judgments_needed_for_a_win_rate_give_the_binomial_test_its_power():
+    from scipy import stats
+
+    from parlai_transfertransfo.crowdsourcing.stats import judgments_for_win_rate
+
+    def power(n, win_rate):  # the chance that binomtest finds p < 0.05, summed exactly
+        return sum(stats.binom.pmf(k, n, win_rate) for k in range(n + 1) if stats.binomtest(k, n).pvalue < 0.05)
+
+    for win_rate, expected in ((0.6, 199), (0.7, 49), (0.3, 49)):
+        n = judgments_for_win_rate(win_rate)
+        assert n == expected and power(n, win_rate) >= 0.8 > power(n - 1, win_rate)
+
+
+def test_bad_input_fails_in_one_line_before_anything_starts(tmp_path, selfchats, monkeypatch):
     from parlai_transfertransfo.crowdsourcing.acute_eval import run
     from parlai_transfertransfo.crowdsourcing.launch import CrowdError
 
@@ -110,6 +123,13 @@ def test_bad_input_fails_in_one_line_before_anything_starts(tmp_path, selfchats)
             "unknown question key 'wit' (choose from: engagingness, humanness, interestingness, knowledgeable)",
         ),
     }
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    cases["MTurk without credentials"] = (
+        logs, ["mephisto/provider=mturk_sandbox", "mephisto.provider.requester_name=me_sandbox"],
+        "no AWS credentials for MTurk requester 'me_sandbox': add a [me] profile with "
+        "aws_access_key_id and aws_secret_access_key to ~/.aws/credentials",
+    )
     for what, (given, extra, message) in cases.items():
         with pytest.raises(CrowdError) as err:
             run.main(overrides(data, given, *extra))

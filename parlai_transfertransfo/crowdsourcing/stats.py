@@ -10,6 +10,7 @@ Small, documented choices, on today's SciPy:
     mean_ci([3, 4, 2])                  -> Estimate(mean=3.0, low=..., high=..., n=3)
     proportion_ci(7, 10)                -> Estimate(0.7, 0.397, 0.892, 10)
     compare_means(a, b) / compare_proportions(k1, n1, k2, n2) / binomial_test(k, n)
+    sample_size_for_difference(0.5, 1.0) / judgments_for_win_rate(0.6)
     write_markdown(path, rows, columns) / write_csv(...) / plot_distributions(path, ...)
 """
 import csv
@@ -106,6 +107,22 @@ def sample_size_for_difference(difference: float, sd: float, power=0.8, alpha=0.
 
     z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
     return math.ceil(2 * (z * sd / difference) ** 2)
+
+
+def judgments_for_win_rate(win_rate: float, power=0.8, alpha=0.05, most=100000) -> int:
+    """ACUTE-Eval judgments needed to tell a model's true win rate from 50%: the smallest n
+    at which the exact two-sided binomial test (p < alpha) has the power asked for."""
+    import numpy as np
+    from scipy import stats
+
+    for n in range(1, most + 1):
+        k = np.arange(n // 2 + 1)
+        rejected = k[2 * stats.binom.cdf(k, n, 0.5) < alpha]  # the lower tail; the upper mirrors it
+        if len(rejected):
+            c = int(rejected[-1])
+            if stats.binom.cdf(c, n, win_rate) + stats.binom.sf(n - c - 1, n, win_rate) >= power:
+                return n
+    raise ValueError(f"more than {most} judgments: win rate {win_rate} is too close to 50%")
 
 
 def format_p(p: Optional[float]) -> str:
