@@ -84,4 +84,4 @@ def _conversation(path, lineno, line, speaker_index):
         )
     judged = speakers[speaker_index]
     turns = [(SPEAKER if who == judged else PARTNER, text) for who, text in utterances]
-    return Conversation(path, lineno, turns, judged)
+    return Conversation(os.path.abspath(path), lineno, turns, judged)
