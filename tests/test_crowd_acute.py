@@ -29,22 +29,14 @@ def finish(proc, what):
 
 
 @pytest.fixture(scope="module")
-def selfchats(tmp_path_factory, tiny_transfertransfo_model, tiny_llama_dir):
-    """Self-chat logs of two real transfertransfo models, made side by side: the session's
-    tiny GPT-2 model file (fine-tuned with the recipe) and the un-fine-tuned tiny Llama
-    backbone (`-m transfertransfo --model-name DIR`), as README compares the zoo model with
-    SmolLM2's backbone."""
+def selfchats(tmp_path_factory, tiny_transfertransfo_model):
+    """The self-chat log of a real transfertransfo model: the session's tiny GPT-2 model
+    file, fine-tuned with the recipe (the second model is self-chatted by the launch)."""
     root = tmp_path_factory.mktemp("acute")
-    chat = ["self_chat", "-t", "convai2", "--num-self-chats", CHATS, "-bs", CHATS, "--selfchat-max-turns", 3,
-            "--inference", "greedy", "--label-truncate", 8, "--datapath", root / "data"]
-    procs = {
-        "tt_gpt2": parlai(*chat, "-mf", tiny_transfertransfo_model, "--outfile", root / "gpt2"),
-        "llama_backbone": parlai(*chat, "-m", "transfertransfo", "--model-name", tiny_llama_dir,
-                                 "--outfile", root / "llama_backbone"),
-    }
-    for name, proc in procs.items():
-        finish(proc, f"self-chat of {name}")
-    return root, {"tt_gpt2": str(root / "gpt2"), "llama_backbone": str(root / "llama_backbone.jsonl")}
+    finish(parlai("self_chat", "-t", "convai2", "--num-self-chats", CHATS, "-bs", CHATS, "--selfchat-max-turns", 3,
+                  "--inference", "greedy", "--datapath", root / "data", "-mf", tiny_transfertransfo_model,
+                  "--outfile", root / "gpt2"), "self-chat of the GPT-2 model")
+    return root, {"tt_gpt2": str(root / "gpt2"), "tt_gpt2_again": str(root / "gpt2.jsonl")}
 
 
 def overrides(data_dir, logs, *extra):
@@ -91,32 +83,37 @@ def test_bad_input_fails_in_one_line_before_anything_starts(tmp_path, selfchats,
 
     root, logs = selfchats
     broken = tmp_path / "broken.jsonl"
-    good = open(logs["llama_backbone"]).readline()
+    good = open(logs["tt_gpt2_again"]).readline()
     broken.write_text(good + '{"dialog": [[{"id": "a", "text": "hi"}]\n')
     no_text = tmp_path / "no_text.jsonl"
     no_text.write_text('{"dialog": [[{"id": "a"}]]}\n')
     data = tmp_path / "mephisto"
+    models = tmp_path / "models.json"
+    models.write_text(json.dumps({"ghost": {"model_file": "/nowhere/model"}}))
     cases = {
         "a missing log": (
-            {**logs, "llama_backbone": str(tmp_path / "nowhere")}, [],
+            {**logs, "tt_gpt2_again": str(tmp_path / "nowhere")}, [],
             f"self-chat log {tmp_path / 'nowhere'} does not exist (make one with `parlai self_chat ... --outfile F`)",
         ),
         "a malformed log": (
-            {**logs, "llama_backbone": str(broken)}, [],
+            {**logs, "tt_gpt2_again": str(broken)}, [],
             f"self-chat log {broken}, line 2: not JSON (Expecting ',' delimiter, column 41)",
         ),
         "an utterance without text": (
-            {**logs, "llama_backbone": str(no_text)}, [],
+            {**logs, "tt_gpt2_again": str(no_text)}, [],
             f'self-chat log {no_text}, line 1: turn 1 has an utterance without an "id" and a "text"',
         ),
         "a model without a log": (
             logs, ["mephisto.blueprint.model_pairs=[tt_gpt2:zoo]"],
-            "model pair 'tt_gpt2:zoo': no self-chat log for model 'zoo' (selfchat_logs names: tt_gpt2, llama_backbone)",
+            "model pair 'tt_gpt2:zoo': no self-chat log for model 'zoo' (selfchat_logs names: tt_gpt2, tt_gpt2_again)",
         ),
         "too few conversations": (
             logs, ["mephisto.blueprint.pairs_per_question=3"],
-            "model 'llama_backbone' has 2 conversation(s) in its self-chat log, fewer than pairs_per_question=3: "
+            "model 'tt_gpt2' has 2 conversation(s) in its self-chat log, fewer than pairs_per_question=3: "
             "self-chat more (--num-self-chats) or ask for fewer pairs",
+        ),
+        "a model to self-chat that does not exist": (
+            logs, [f"mephisto.blueprint.selfchat_models={models}"], "model file /nowhere/model does not exist",
         ),
         "an unknown question": (
             logs, ["mephisto.blueprint.questions=[wit]"],
@@ -161,15 +158,24 @@ def judge(page, choose, reason_for):
         page.wait_for_function(f"document.querySelector('#comparison').dataset.index == '{index + 1}'", timeout=60000)
 
 
-def test_workers_in_chromium_judge_and_the_results_report_exactly_their_choices(tmp_path, selfchats, browser):
+def test_workers_in_chromium_judge_and_the_results_report_exactly_their_choices(
+    tmp_path, selfchats, tiny_llama_dir, browser
+):
+    """One command from a log and a model: the launch self-chats the un-fine-tuned tiny Llama
+    backbone (`-m transfertransfo --model-name DIR`, as README's SmolLM2 backbone) first."""
     from parlai_transfertransfo.crowdsourcing.acute_eval.questions import ONBOARDING
 
     root, logs = selfchats
     data, port = tmp_path / "mephisto", free_port()
-    log_path = tmp_path / "launch.log"
+    log_path, models = tmp_path / "launch.log", tmp_path / "models.json"
+    backbone = {"model": "transfertransfo", "model_name": tiny_llama_dir, "inference": "greedy",
+                "label_truncate": 8, "datapath": str(root / "data")}
+    models.write_text(json.dumps({"llama_backbone": backbone}))
     args = overrides(
-        data, logs, "mephisto/architect=local", "mephisto/provider=mock", f"mephisto.architect.port={port}",
-        "mephisto.blueprint.questions=[engagingness,humanness]", f"mephisto.blueprint.subtasks_per_unit={2 * CHATS}",
+        data, {"tt_gpt2": logs["tt_gpt2"]}, "mephisto/architect=local", "mephisto/provider=mock",
+        f"mephisto.architect.port={port}", "mephisto.blueprint.questions=[engagingness,humanness]",
+        f"mephisto.blueprint.subtasks_per_unit={2 * CHATS}", f"mephisto.blueprint.selfchat_models={models}",
+        f"mephisto.blueprint.selfchat_count={CHATS}", "mephisto.blueprint.selfchat_max_turns=3",
     )
     with open(log_path, "w") as log:
         launch = subprocess.Popen([*LAUNCH, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -208,6 +214,9 @@ def test_workers_in_chromium_judge_and_the_results_report_exactly_their_choices(
             launch.kill()
             launch.wait()
     assert not descendants(launch.pid) and not processes_in(data)
+    made_log = data / "acute_eval" / "selfchats" / "llama_backbone.jsonl"
+    assert f"model llama_backbone: {CHATS} self-chats" in log_path.read_text()
+    assert len(made_log.read_text().splitlines()) == CHATS
 
     # what was judged: every pairing once, the sides and conversations as the pairings said
     folder = data / "acute_eval"

@@ -54,6 +54,12 @@ class AcuteEvalArgs(OnboardingRequiredArgs, BlueprintArgs):
         default_factory=list,
         metadata={"help": "each model as NAME:LOG, LOG being F or F.jsonl of `parlai self_chat --outfile F`"},
     )
+    selfchat_models: str = field(
+        default="",
+        metadata={"help": "a JSON file of models to self-chat first: {NAME: {self_chat options}} (selfchats.py)"},
+    )
+    selfchat_count: int = field(default=10, metadata={"help": "self-chats per model of selfchat_models"})
+    selfchat_max_turns: int = field(default=6, metadata={"help": "--selfchat-max-turns of those self-chats"})
     model_pairs: List[str] = field(
         default_factory=list, metadata={"help": "matchups as MODEL_A:MODEL_B (default: every two models)"}
     )

@@ -5,6 +5,8 @@
         'mephisto.blueprint.selfchat_logs=[zoo:selfchats/zoo,backbone:selfchats/backbone]' \\
         'mephisto.blueprint.questions=[engagingness,humanness]'
 
+Or in one command from the models themselves, self-chatted first (as ParlAI's fast_acute does;
+selfchats.py): 'mephisto.blueprint.selfchat_models=models.json' mephisto.blueprint.selfchat_count=10.
 Hydra overrides as in ParlAI's crowdsourcing tasks (hydra_configs/conf/acute_eval.yaml and
 blueprint.py list the keys); `mephisto/provider=mturk_sandbox` or `mturk` with
 `mephisto.provider.requester_name=NAME` runs it for real.  The logs, the matchups, the
@@ -18,7 +20,7 @@ from typing import Any, List
 from mephisto.operations.hydra_config import TaskConfig
 
 from parlai_transfertransfo.crowdsourcing import environment, frontend, launch
-from parlai_transfertransfo.crowdsourcing.acute_eval import logs, pairings
+from parlai_transfertransfo.crowdsourcing.acute_eval import logs, pairings, selfchats
 from parlai_transfertransfo.crowdsourcing.acute_eval import questions as task_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hydra_configs")
@@ -51,7 +53,7 @@ def load_config(overrides):
     bp.results_folder = os.path.abspath(os.path.expanduser(bp.results_folder))
     if cfg.mephisto.architect._architect_type == "local" and OmegaConf.is_missing(cfg.mephisto.architect, "server_source_path"):
         cfg.mephisto.architect.server_source_path = frontend.ROUTER_BUILD
-    for key in ("subtasks_per_unit", "annotations_per_pair"):
+    for key in ("subtasks_per_unit", "annotations_per_pair", "selfchat_count", "selfchat_max_turns"):
         if bp[key] < 1:
             raise launch.CrowdError(f"{key} must be at least 1 (got {bp[key]})")
     if bp.speaker_index < 0:
@@ -60,14 +62,20 @@ def load_config(overrides):
 
 
 def build_comparisons(bp):
-    """Everything checked, then the pairings with each comparison's page: (list, conversations)."""
+    """Everything checked (models to self-chat first, self-chatted), then the pairings with
+    each comparison's page: (comparisons, onboarding, questions)."""
     questions = task_config.load_questions(bp.questions_path)
     keys = task_config.choose_questions(list(bp.questions), questions)
     onboarding = task_config.load_onboarding(bp.onboarding_path, questions)
     logs_by_model = logs.parse_selfchat_logs(list(bp.selfchat_logs or []))
-    model_pairs = pairings.parse_model_pairs(list(bp.model_pairs or []), list(logs_by_model))
+    planned = selfchats.plan(bp.selfchat_models, bp.results_folder, taken=logs_by_model)
+    model_pairs = pairings.parse_model_pairs(list(bp.model_pairs or []), [*logs_by_model, *planned])
     needed = {m for pair in model_pairs for m in pair}
     conversations = {m: logs.read_log(path, bp.speaker_index) for m, path in logs_by_model.items() if m in needed}
+    counts = {m: len(c) for m, c in conversations.items()}
+    pairings.check_enough({**counts, **{m: bp.selfchat_count for m in planned}}, model_pairs, bp.pairs_per_question)
+    made = selfchats.run_missing({m: planned[m] for m in planned if m in needed}, bp.selfchat_count, bp.selfchat_max_turns)
+    conversations.update({m: logs.read_log(path, bp.speaker_index) for m, path in made.items()})
     n = pairings.check_enough({m: len(c) for m, c in conversations.items()}, model_pairs, bp.pairs_per_question)
     comparisons = []
     for p in pairings.make_pairings(conversations, model_pairs, keys, n, bp.random_seed):
