@@ -249,3 +249,22 @@ def test_workers_in_chromium_judge_and_the_results_report_exactly_their_choices(
     reasons = list(csv.DictReader(open(out / "reasons.csv")))
     assert sorted(r["reason"] for r in reasons) == [f"reason number {i} for this one" for i in range(4)]
     assert all(r["worker"] == "ann_sandbox" for r in reasons)
+
+
+def test_results_of_a_missing_or_bad_judgments_file_fail_in_one_line(tmp_path):
+    from parlai_transfertransfo.crowdsourcing.acute_eval.analysis import compile_results
+    from parlai_transfertransfo.errors import TransfertransfoError
+
+    judgments = tmp_path / "judgments.jsonl"
+    good = {"question": "humanness", "winner": "a", "loser": "b", "reason": "it makes sense"}
+    for text, message in (
+        (None, f"{judgments}: no such file (the launcher writes judgments.jsonl in its results folder)"),
+        ("", f"{judgments}: no judgments yet"),
+        (json.dumps(good) + "\n{oops\n", f"{judgments}:2: not a JSON object"),
+        (json.dumps({**good, "winner": None}) + "\n", f"{judgments}:1: not a judgment (no question/winner/loser)"),
+    ):
+        if text is not None:
+            judgments.write_text(text)
+        with pytest.raises(TransfertransfoError) as err:
+            compile_results(str(tmp_path), str(tmp_path / "out"))
+        assert err.value.message == message

@@ -131,6 +131,29 @@ def format_p(p: Optional[float]) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+# ---------------------------------------------------------------------------------- input
+def read_jsonl(path, valid, what: str) -> List[Dict]:
+    """The records of a JSON-lines file the launchers wrote; a bad line stops with one line
+    naming the file and the line (`what` says what a record should be)."""
+    import json
+
+    from parlai_transfertransfo.errors import TransfertransfoError
+
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise TransfertransfoError(f"{path}:{lineno}: not a JSON object")
+            if not isinstance(record, dict) or not valid(record):
+                raise TransfertransfoError(f"{path}:{lineno}: {what}")
+            records.append(record)
+    return records
+
+
 # ---------------------------------------------------------------------------------- output
 def markdown_table(rows: List[Dict[str, str]], columns: List[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]

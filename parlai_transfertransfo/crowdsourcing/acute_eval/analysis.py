@@ -7,7 +7,6 @@ binomial test of that rate against 50% (`scipy.stats.binomtest`: ParlAI's analys
 `binom_test`, gone since SciPy 1.12).  Writes results.md, results.csv, win_rates.png and
 reasons.csv (every judgment with the worker's reason, as given).
 """
-import json
 import os
 from collections import OrderedDict
 from typing import List
@@ -32,18 +31,9 @@ def find_judgments(path: str) -> str:
 
 def load(path: str) -> List[dict]:
     path = find_judgments(path)
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise TransfertransfoError(f"{path}:{lineno}: not a JSON object")
-            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in _REQUIRED):
-                raise TransfertransfoError(f"{path}:{lineno}: not a judgment (no question/winner/loser)")
-            records.append(record)
+    records = stats.read_jsonl(
+        path, lambda r: all(isinstance(r.get(k), str) for k in _REQUIRED), "not a judgment (no question/winner/loser)"
+    )
     if not records:
         raise TransfertransfoError(f"{path}: no judgments yet")
     return records
