@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from parlai_transfertransfo.crowdsourcing import launch
+from parlai_transfertransfo.crowdsourcing import environment, launch
 from parlai_transfertransfo.crowdsourcing.launch import CrowdError
 
 
@@ -44,8 +44,8 @@ def plan(path, folder, taken=()) -> dict:
             launch.check_model_file(str(opts["model_file"]))
         args = []
         for key, value in opts.items():
-            if key in ("outfile", "num_self_chats", "batchsize"):
-                raise CrowdError(f"{where}: \"{key}\" is set by the launch (selfchat_count)")
+            if key in ("outfile", "num_self_chats", "batchsize", "selfchat_max_turns"):
+                raise CrowdError(f"{where}: \"{key}\" is set by the launch (selfchat_count, selfchat_max_turns)")
             args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
         planned[name] = (os.path.join(folder, "selfchats", name), args)
     return planned
@@ -62,8 +62,16 @@ def run_missing(planned, count, max_turns) -> dict:
         command = [parlai, "self_chat", "-t", "convai2", *args, "--num-self-chats", str(count), "-bs", str(count),
                    "--selfchat-max-turns", str(max_turns), "--outfile", log]
         print(f"model {name}: {count} self-chats ({' '.join(args)}) into {log}.jsonl", flush=True)
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if done.returncode != 0:
-            last = [line for line in done.stdout.splitlines() if line.strip()][-1:] or ["(no output)"]
+        # the self-chat dies with the launch (SIGKILL included) and stops on Ctrl-C
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=environment.die_with_parent())
+        try:
+            output, _ = proc.communicate()
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
+            raise CrowdError(f"interrupted: the self-chats of model {name} were stopped, nothing saved") from None
+        if proc.returncode != 0:
+            last = [line for line in output.splitlines() if line.strip()][-1:] or ["(no output)"]
             raise CrowdError(f"the self-chats of model {name} failed: {last[0].strip()}")
     return {name: log for name, (log, _) in planned.items()}
