@@ -129,12 +129,12 @@ def test_bad_input_fails_in_one_line_before_anything_starts(tmp_path, selfchats,
     )
     for what, (given, extra, message) in cases.items():
         with pytest.raises(CrowdError) as err:
-            run.main(overrides(data, given, *extra))
+            run.main(overrides(data, given, f"mephisto.architect.port={free_port()}", *extra))
         assert str(err.value) == message, what
     assert not data.exists()  # nothing started: not even the run's database
     # the real command: that one line on stderr, exit status 1
     proc = subprocess.run(
-        [*LAUNCH, *overrides(data, logs, "mephisto.blueprint.questions=[wit]")],
+        [*LAUNCH, *overrides(data, logs, f"mephisto.architect.port={free_port()}", "mephisto.blueprint.questions=[wit]")],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [cases["an unknown question"][2]]

@@ -120,6 +120,7 @@ def main(argv):
         return
     cfg = load_config(argv)
     bp = cfg.mephisto.blueprint
+    launch.preflight(cfg)  # a busy port or missing credentials: before any self-chat
     comparisons, onboarding, questions = build_comparisons(bp)
     db = launch.prepare(cfg)
     state = build_shared_state(cfg, comparisons, onboarding, questions)
