@@ -64,7 +64,7 @@ install_crowd() {
   command -v npm >/dev/null || { say "the crowd extra needs Node.js and npm (Debian: apt-get install nodejs npm)"; exit 1; }
   "$VENV/bin/python" -m parlai_transfertransfo.crowdsourcing.frontend
 }
-check_crowd='import mephisto.operations.operator, parlai_transfertransfo.crowdsourcing.model_chat.run as r, parlai_transfertransfo.crowdsourcing.frontend as f; f.check_built()'
+check_crowd='import mephisto.operations.operator, parlai_transfertransfo.crowdsourcing.model_chat.run as r, parlai_transfertransfo.crowdsourcing.acute_eval.run, parlai_transfertransfo.crowdsourcing.frontend as f; f.check_built()'
 
 install_tensorboard() {
   pip install -c constraints.txt -e ".[tensorboard]"

@@ -95,6 +95,7 @@ setup(
         "parlai_transfertransfo.serving",
         "parlai_transfertransfo.crowdsourcing",
         "parlai_transfertransfo.crowdsourcing.model_chat",
+        "parlai_transfertransfo.crowdsourcing.acute_eval",
     ],
     package_dir={
         "parlai_transfertransfo.zoo": "zoo",
@@ -104,13 +105,17 @@ setup(
     package_data={
         "parlai_transfertransfo": ["assets/*", "assets/**/*"],
         "parlai_transfertransfo.serving": ["static/*"],
-        "parlai_transfertransfo.crowdsourcing": ["router/package*.json"],
+        "parlai_transfertransfo.crowdsourcing": ["router/package*.json", "build_page.mjs"],
         "parlai_transfertransfo.crowdsourcing.model_chat": [
             "hydra_configs/conf/*.yaml",
             "task_config/*",
             "frontend/*.json",
-            "frontend/*.mjs",
-            "frontend/*.html",
+            "frontend/src/*",
+        ],
+        "parlai_transfertransfo.crowdsourcing.acute_eval": [
+            "hydra_configs/conf/*.yaml",
+            "task_config/*",
+            "frontend/*.json",
             "frontend/src/*",
         ],
         "parlai_transfertransfo.zoo.transfertransfo": ["smollm2_135m_adapter/*", "*.sh", "README.md"],

@@ -13,5 +13,7 @@ The set-up every task here shares (built once, for live chats and ACUTE-Eval ali
 The Mephisto and ParlAI-crowdsourcing fixes live in ../compat.py (crowdsourcing section).
 
 Tasks: `model_chat/` (ConvAI2-style live chats:
-`python -m parlai_transfertransfo.crowdsourcing.model_chat`, `parlai model_chat_results`).
+`python -m parlai_transfertransfo.crowdsourcing.model_chat`, `parlai model_chat_results`);
+`acute_eval/` (ACUTE-Eval of self-chats: `python -m
+parlai_transfertransfo.crowdsourcing.acute_eval`, `parlai acute_eval_results`).
 """

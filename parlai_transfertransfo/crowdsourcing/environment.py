@@ -72,6 +72,11 @@ def _die_with_parent(preexec_fn):
     return before_exec
 
 
+def die_with_parent():
+    """A Popen preexec_fn: the child gets SIGTERM when its parent dies (Linux)."""
+    return _die_with_parent(None)
+
+
 class _SubprocessDyingWithParent:
     """The `subprocess` module, but Popen's children get SIGTERM when their parent dies."""
 

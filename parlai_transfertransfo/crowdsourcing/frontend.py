@@ -4,7 +4,7 @@ Mephisto runs `npm install` and webpack when a task launches (1-2 minutes, and n
 access every time).  Here `./install.sh crowd` runs `python -m
 parlai_transfertransfo.crowdsourcing.frontend` once, which for each task folder holding a
 `frontend/package.json` runs `npm ci` from our committed lockfile and the folder's `npm run
-build` (into `frontend/build/`), and assembles Mephisto's node router (its `server.js`,
+build` (`build_page.mjs`, into `frontend/build/`), and assembles Mephisto's node router (its `server.js`,
 from the installed Mephisto) with its npm dependencies from `router/package-lock.json`.
 A launch then only copies files: nothing is downloaded or compiled.
 
@@ -20,6 +20,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROUTER_DIR = os.path.join(HERE, "router")
 ROUTER_BUILD = os.path.join(ROUTER_DIR, "build")
+BUILD_PAGE = os.path.join(HERE, "build_page.mjs")  # every task's `npm run build`
 STAMP = ".built-from"
 _SKIP = {"node_modules", "build"}
 
@@ -58,6 +59,12 @@ def _sources_hash(folder, extra=()):
     return digest.hexdigest()[:16]
 
 
+def _page_hash(folder):
+    """A task page's sources, with the shared build script."""
+    with open(BUILD_PAGE, encoding="utf-8") as f:
+        return _sources_hash(folder, extra=(f.read(),))
+
+
 def _router_hash():
     import mephisto
 
@@ -89,7 +96,7 @@ def build_frontend(folder):
     shutil.rmtree(os.path.join(folder, "build"), ignore_errors=True)
     _npm(["run", "build"], folder)
     with open(os.path.join(folder, "build", STAMP), "w") as f:
-        f.write(_sources_hash(folder))
+        f.write(_page_hash(folder))
 
 
 def build_router():
@@ -108,7 +115,7 @@ def build_all(force=False):
     if force or not _stamp_ok(ROUTER_BUILD, _router_hash()):
         build_router()
     for folder in frontend_dirs():
-        if force or not _stamp_ok(os.path.join(folder, "build"), _sources_hash(folder)):
+        if force or not _stamp_ok(os.path.join(folder, "build"), _page_hash(folder)):
             build_frontend(folder)
 
 
@@ -118,7 +125,7 @@ def check_built():
     if not _stamp_ok(ROUTER_BUILD, _router_hash()):
         stale.append(os.path.relpath(ROUTER_BUILD, HERE))
     for folder in frontend_dirs():
-        if not _stamp_ok(os.path.join(folder, "build"), _sources_hash(folder)):
+        if not _stamp_ok(os.path.join(folder, "build"), _page_hash(folder)):
             stale.append(os.path.relpath(os.path.join(folder, "build"), HERE))
     if stale:
         raise NotBuilt(

@@ -117,8 +117,8 @@ def check_provider(cfg):
         )
 
 
-def prepare(cfg, model_files=()):
-    """Preflight, then the run's own Mephisto database (what Operator needs)."""
+def preflight(cfg, model_files=()):
+    """The checks that need nothing started: model files, credentials, port, built pages."""
     from parlai_transfertransfo.crowdsourcing.frontend import NotBuilt, check_built
 
     for path in model_files:
@@ -132,6 +132,11 @@ def prepare(cfg, model_files=()):
             check_built()
         except NotBuilt as err:
             raise CrowdError(str(err)) from None
+
+
+def prepare(cfg, model_files=()):
+    """Preflight, then the run's own Mephisto database (what Operator needs)."""
+    preflight(cfg, model_files)
     data_dir = environment.use_data_dir(cfg.mephisto_data_dir)
     other = environment.live_launcher(data_dir)
     if other is not None:

@@ -10,6 +10,7 @@ Small, documented choices, on today's SciPy:
     mean_ci([3, 4, 2])                  -> Estimate(mean=3.0, low=..., high=..., n=3)
     proportion_ci(7, 10)                -> Estimate(0.7, 0.397, 0.892, 10)
     compare_means(a, b) / compare_proportions(k1, n1, k2, n2) / binomial_test(k, n)
+    sample_size_for_difference(0.5, 1.0) / judgments_for_win_rate(0.6)
     write_markdown(path, rows, columns) / write_csv(...) / plot_distributions(path, ...)
 """
 import csv
@@ -108,10 +109,49 @@ def sample_size_for_difference(difference: float, sd: float, power=0.8, alpha=0.
     return math.ceil(2 * (z * sd / difference) ** 2)
 
 
+def judgments_for_win_rate(win_rate: float, power=0.8, alpha=0.05, most=100000) -> int:
+    """ACUTE-Eval judgments needed to tell a model's true win rate from 50%: the smallest n
+    at which the exact two-sided binomial test (p < alpha) has the power asked for."""
+    import numpy as np
+    from scipy import stats
+
+    for n in range(1, most + 1):
+        k = np.arange(n // 2 + 1)
+        rejected = k[2 * stats.binom.cdf(k, n, 0.5) < alpha]  # the lower tail; the upper mirrors it
+        if len(rejected):
+            c = int(rejected[-1])
+            if stats.binom.cdf(c, n, win_rate) + stats.binom.sf(n - c - 1, n, win_rate) >= power:
+                return n
+    raise ValueError(f"more than {most} judgments: win rate {win_rate} is too close to 50%")
+
+
 def format_p(p: Optional[float]) -> str:
     if p is None:
         return "—"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+# ---------------------------------------------------------------------------------- input
+def read_jsonl(path, valid, what: str) -> List[Dict]:
+    """The records of a JSON-lines file the launchers wrote; a bad line stops with one line
+    naming the file and the line (`what` says what a record should be)."""
+    import json
+
+    from parlai_transfertransfo.errors import TransfertransfoError
+
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise TransfertransfoError(f"{path}:{lineno}: not a JSON object")
+            if not isinstance(record, dict) or not valid(record):
+                raise TransfertransfoError(f"{path}:{lineno}: {what}")
+            records.append(record)
+    return records
 
 
 # ---------------------------------------------------------------------------------- output
@@ -158,6 +198,33 @@ def plot_distributions(path, title: str, scales: Dict[str, range], ratings: Dict
         ax.set_xlabel("rating")
     axes[0][0].set_ylabel("share of conversations")
     axes[0][-1].legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_win_rates(path, title: str, rows: List[Dict]):
+    """ACUTE-Eval's chart (a PNG): one panel per question, each model's win rate against
+    its opponent with the 95% CI as error bars, and the 50% line of a tie."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    questions = list(dict.fromkeys(r["question"] for r in rows))
+    fig, axes = plt.subplots(1, len(questions), figsize=(4.2 * len(questions), 3.6), squeeze=False)
+    for ax, question in zip(axes[0], questions):
+        mine = [r for r in rows if r["question"] == question]
+        values = [r["win_rate"] for r in mine]
+        errors = [[v - r["ci_low"] for v, r in zip(values, mine)], [r["ci_high"] - v for v, r in zip(values, mine)]]
+        ax.bar(range(len(mine)), values, yerr=errors, capsize=4, color=[f"C{i % 10}" for i in range(len(mine))])
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(mine)))
+        ax.set_xticklabels([f"{r['model']}\nvs {r['vs']}\n(n={r['judgments']})" for r in mine], fontsize="small")
+        ax.set_ylim(0, 1)
+        ax.set_title(question)
+    axes[0][0].set_ylabel("win rate")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

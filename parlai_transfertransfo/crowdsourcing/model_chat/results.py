@@ -7,7 +7,6 @@ Per model: conversations, each rating's mean ± 95% CI, persona-detection accura
 model against the first (Welch's t-test on ratings, Fisher's exact test on persona
 detection).  Writes results.md, results.csv and ratings.png.
 """
-import json
 import os
 from collections import OrderedDict
 from typing import Dict, List
@@ -39,18 +38,11 @@ def find_files(paths: List[str]) -> List[str]:
 def load(paths: List[str]) -> List[dict]:
     records = []
     for path in find_files(paths):
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    raise TransfertransfoError(f"{path}:{lineno}: not a JSON object")
-                if not isinstance(record, dict) or "status" not in record or "model" not in record:
-                    raise TransfertransfoError(f"{path}:{lineno}: not a conversation record (no status/model)")
-                record["_source"] = os.path.basename(os.path.dirname(os.path.abspath(path)))
-                records.append(record)
+        for record in stats.read_jsonl(
+            path, lambda r: "status" in r and "model" in r, "not a conversation record (no status/model)"
+        ):
+            record["_source"] = os.path.basename(os.path.dirname(os.path.abspath(path)))
+            records.append(record)
     return records
 
 

@@ -1,0 +1,3 @@
+from parlai_transfertransfo.crowdsourcing.acute_eval.run import run
+
+run()
