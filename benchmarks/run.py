@@ -26,10 +26,19 @@ GOALS = {  # (numerator side, denominator side, goal text, test on the ratio)
            ("agent train_step", "agent train_step, previous cached path", "(before)", None)],
     "P5": [],
     "P6": [("16 sessions at once (dynamic batching)", "the same requests one at a time", ">= 4x throughput",
-            lambda r: r >= 4)],
+            lambda r: r >= 4),
+           ("16 sessions at once (dynamic batching)", "the same requests one at a time, whole contexts (no persona cache)",
+            ">= 4x throughput", lambda r: r >= 4),
+           ("16 sessions at once (dynamic batching)", "16 sessions at once (dynamic batching), whole contexts (no persona cache)",
+            "(persona cache gain)", None),
+           ("the same requests one at a time", "the same requests one at a time, whole contexts (no persona cache)",
+            "(persona cache gain)", None)],
     "P7": [],
     "P8": [("8 chats, -bs 1", "8 chats, -bs 8", "", None),  # the batching gain, no goal
-           ("8 chats, -bs 8", "1 chat, -bs 1", "<= 3x one chat", lambda r: r <= 3)],
+           ("8 chats, -bs 8", "1 chat, -bs 1", "<= 3x one chat", lambda r: r <= 3),
+           ("8 chats, -bs 8", "1 chat, -bs 1, whole contexts (no persona cache)", "<= 3x one chat", lambda r: r <= 3),
+           ("8 chats, -bs 8, whole contexts (no persona cache)", "8 chats, -bs 8", "(persona cache gain)", None),
+           ("1 chat, -bs 1, whole contexts (no persona cache)", "1 chat, -bs 1", "(persona cache gain)", None)],
 }
 
 
@@ -54,6 +63,8 @@ def parse(argv):
     p.add_argument("--p7-examples", type=int, default=512, help="P7: real examples per side")
     p.add_argument("--p7-skip-generation", action="store_true",
                    help="P7: rank and ppl only (eval_model's default also generates a reply)")
+    p.add_argument("--p6-messages", default="opening,third",
+                   help="P6: which session messages to time (opening, third)")
     p.add_argument("--self-chat-model-file", default="zoo:transfertransfo/smollm2_135m/model",
                    help="P8: model file or zoo path for 8 self-chats at -bs 1 and -bs 8")
     return p.parse_args(argv)
@@ -152,10 +163,13 @@ def main(argv=None):
         if "P6" in only:
             from benchmarks import serving
             for turn, name in serving.TURNS:
+                if name.split()[0] not in args.p6_messages.split(","):
+                    continue
                 r = serving.run(model, args.workdir, args.device, args.reps, dialogs, turn=turn)
                 notes.append(f"P6 {model} {name}: {r['sessions']} ConvAI2 dialogs at turn {turn + 1} "
                              f"(~{r['context_tokens']}-token contexts), greedy, 20 tokens each; same replies "
-                             "on both sides")
+                             "on all sides; CPU seconds of this process (medians): "
+                             + ", ".join(f"{k} {common.median(v):.1f} s" for k, v in r["cpu"].items()))
                 report("P6", f"{model}, {name}", r)
     if "P5" in only:
         from benchmarks import interactive
@@ -189,6 +203,7 @@ def main(argv=None):
         notes.append(f"P8 {args.self_chat_model_file}: 8 chats of 4 turns (personas, then 3 exchanges), "
                      f"greedy, the same persona pairs on every side; {r['same_utterances']} of "
                      f"{r['utterances']} utterances at -bs 8 equal those at -bs 1; "
+                     f"{r['same_with_cache'][0]} of {r['same_with_cache'][1]} with the persona cache equal those without; "
                      + ("times are CPU seconds of this process; wall medians: "
                         + ", ".join(f"{k} {common.median(v):.1f} s" for k, v in r["wall"].items())
                         if args.device == "cpu" else "wall times"))

@@ -7,6 +7,9 @@ the check reports how many utterances of the batched run equal the unbatched one
 (float32 batched and single matmuls may round differently, and one flipped token
 changes the rest of that chat).  On CPU the times are this process's CPU seconds (wall
 times come too): on cores shared with other work, wall time mostly measures the neighbours.
+One chat and the batched chats also run with the persona cache off (every context runs
+whole, the previous path), in the same interleaving; with it on, each side starts with an
+empty cache, so a chat's personas are computed at its first turn, as in a real run.
 """
 import copy
 import random
@@ -32,6 +35,9 @@ def _cpu_timed(fn, cpu, name):
     return timed
 
 
+WHOLE = ", whole contexts (no persona cache)"
+
+
 def run(model_file, device, reps, chats=8, turns=4, seed=0):
     import parlai.tasks.convai2.worlds as convai2_worlds
     from parlai.utils.world_logging import WorldLogger
@@ -44,8 +50,15 @@ def run(model_file, device, reps, chats=8, turns=4, seed=0):
     agents = script.create_speakers(opt)
     parlai_get_contexts = convai2_worlds.SelfChatWorld.get_contexts
 
-    def side(n, batchsize):
+    models = {id(a.model): a.model for a in agents}.values()
+    caches = {id(m): m.persona_cache for m in models}
+
+    def side(n, batchsize, whole=False):
         def chat():
+            for m in models:  # each side's chats are new: their personas too
+                m.persona_cache = None if whole else caches[id(m)]
+                if not whole:
+                    m.persona_cache.clear()
             side_opt = copy.deepcopy(opt)
             side_opt["num_self_chats"], side_opt["batchsize"] = n, batchsize
             rng = random.Random(seed)  # the same persona pairs, in the same order, on every side
@@ -57,7 +70,7 @@ def run(model_file, device, reps, chats=8, turns=4, seed=0):
                 script.run_chats(side_opt, script.create_world(side_opt, agents), logger)
             finally:
                 convai2_worlds.SelfChatWorld.get_contexts = parlai_get_contexts
-            logs[n, batchsize] = [
+            logs[n, batchsize, whole] = [
                 [act["text"] for pair in episode for act in pair if act.get("id") != "context"]
                 for episode in logger.get_logs() if episode
             ]
@@ -65,15 +78,21 @@ def run(model_file, device, reps, chats=8, turns=4, seed=0):
 
     logs, cpu = {}, {}
     names = {"1 chat, -bs 1": (1, 1), f"{chats} chats, -bs 1": (chats, 1),
-             f"{chats} chats, -bs {chats}": (chats, chats)}
+             f"{chats} chats, -bs {chats}": (chats, chats),
+             "1 chat, -bs 1" + WHOLE: (1, 1, True), f"{chats} chats, -bs {chats}" + WHOLE: (chats, chats, True)}
     sides = {name: side(*cfg) for name, cfg in names.items()}
     wall = common.interleaved({name: _cpu_timed(fn, cpu, name) for name, fn in sides.items()}, reps, device)
-    single, batched = logs[chats, 1], logs[chats, chats]
+    for m in models:
+        m.persona_cache = caches[id(m)]
+    single, batched = logs[chats, 1, False], logs[chats, chats, False]
     same = sum(a == b for x, y in zip(single, batched) for a, b in zip(x, y))
+    same_cached = sum(a == b for key in ((1, 1), (chats, chats))
+                      for x, y in zip(logs[key + (True,)], logs[key + (False,)]) for a, b in zip(x, y))
     return {
         "times": cpu if device == "cpu" else wall,
         "wall": wall,
         "utterances": sum(map(len, single)),
         "same_utterances": same,
+        "same_with_cache": (same_cached, sum(map(len, batched)) + sum(map(len, logs[1, 1, False]))),
         "first_chat": batched[0],
     }

@@ -7,6 +7,11 @@ Each session is a real ConvAI2 dialog at the same turn (its persona and the reci
 history window; TURNS), greedy replies of exactly 20 tokens (`--beam-min-length 20`), so both
 sides generate the same tokens (checked first). Reported: aggregate reply tokens/s and
 the p50/p95 latency of a request, from its submission to its last token.
+
+Each side also runs with the persona cache off (`--persona-cache-mib 0`: every context
+runs whole), the previous path: the cache's gain, measured in the same interleaving. With
+it on, a later message finds its session's persona computed by an earlier one (here:
+the check's first pass), as in a chat; an opening message finds the cache empty.
 """
 import asyncio
 import statistics
@@ -23,6 +28,8 @@ STEPS = 20
 # prefill, which batching cannot make cheaper on a CPU (it is compute-bound either way)
 TURNS = ((0, "opening message"), (2, "third message"))
 AT_ONCE, ONE_BY_ONE = "16 sessions at once (dynamic batching)", "the same requests one at a time"
+WHOLE = ", whole contexts (no persona cache)"
+SIDES = (AT_ONCE, ONE_BY_ONE, AT_ONCE + WHOLE, ONE_BY_ONE + WHOLE)
 
 
 def sessions(dialogs, n, turn):
@@ -62,30 +69,36 @@ def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2):
     decoding = defaults_from_opt(agent.opt)
     requests = sessions(dialogs, n_sessions, turn)
     scheduler = Scheduler(agent, max_rows=max(32, n_sessions), max_prefill_tokens=8192).start()
+    cache = agent.model.persona_cache
     try:
-        def side(together):
-            start = time.perf_counter()
-            results = asyncio.run(_serve(scheduler, requests, decoding, together))
+        def side(name):
+            agent.model.persona_cache = None if name.endswith(WHOLE) else cache
+            if turn == 0:
+                cache.clear()  # a chat's first message: its persona is new
+            start, cpu_start = time.perf_counter(), time.process_time()
+            results = asyncio.run(_serve(scheduler, requests, decoding, name.startswith(AT_ONCE)))
+            cpu[name].append(time.process_time() - cpu_start)
             return time.perf_counter() - start, results
 
-        # Same computation first: batched replies are the replies served alone.
-        _, batched = side(True)
-        _, alone = side(False)
-        if [t for t, _ in batched] != [t for t, _ in alone]:
-            raise AssertionError(f"P6 {model}: batched and one-at-a-time replies differ")
-        times, latencies = {AT_ONCE: [], ONE_BY_ONE: []}, {AT_ONCE: [], ONE_BY_ONE: []}
-        for rep in range(reps):  # interleaved: the order alternates every repetition
-            order = [AT_ONCE, ONE_BY_ONE] if rep % 2 == 0 else [ONE_BY_ONE, AT_ONCE]
-            for name in order:
-                seconds, results = side(name == AT_ONCE)
+        cpu = {name: [] for name in SIDES}  # this process's CPU seconds: the neighbours' load left out
+        # Same computation first: every side gives the same replies.
+        replies = {name: [t for t, _ in side(name)[1]] for name in SIDES}
+        if any(r != replies[AT_ONCE] for r in replies.values()):
+            raise AssertionError(f"P6 {model}: the sides' replies differ")
+        times, latencies = {name: [] for name in SIDES}, {name: [] for name in SIDES}
+        for rep in range(reps):  # interleaved: the order rotates every repetition
+            for name in SIDES[rep % len(SIDES):] + SIDES[:rep % len(SIDES)]:
+                seconds, results = side(name)
                 times[name].append(seconds)
                 latencies[name] += [latency for _, latency in results]
     finally:
+        agent.model.persona_cache = cache
         scheduler.stop()
     tokens = n_sessions * STEPS
     context = statistics.mean(len(_context_ids(agent, r)) for r in requests)
     return {
         "times": times,
+        "cpu": {name: ts[1:] for name, ts in cpu.items()},  # the check's pass left out
         "tokens_per_s": {name: tokens / statistics.median(ts) for name, ts in times.items()},
         "latency": {name: (_percentile(ls, 50), _percentile(ls, 95)) for name, ls in latencies.items()},
         "context_tokens": round(context), "sessions": n_sessions, "turn": turn,

@@ -16,7 +16,7 @@ from parlai.core.torch_generator_agent import PPLMetric, TorchGeneratorAgent
 from parlai.utils.misc import warn_once
 
 from parlai_transfertransfo import (
-    backbones, checkpointing, inputs, lora, option_checks, registration, safe_load, word_ppl,
+    backbones, checkpointing, inputs, lora, option_checks, persona_cache, registration, safe_load, word_ppl,
 )
 from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
 from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
@@ -63,6 +63,9 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         group.add_argument("--persona", type=str, default=None,
                            help="chat persona when the conversation has none: sentences "
                            "separated by '|', or 'random' (a training persona)")
+        group.add_argument("--persona-cache-mib", type=int, default=persona_cache.DEFAULT_MAX_MIB,
+                           help="keep each chat's persona keys/values for its next turns, up to "
+                           "this many MiB (least recently used go first; 0: off); same replies")
         safe_load.add_cmdline_args(group)
         parser.set_defaults(
             dict_class="parlai_transfertransfo.dictionary:TransfertransfoDictionaryAgent",
@@ -126,7 +129,9 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         if self.opt.get("lora_rank", 0) > 0:
             new_tokens = [special.bos, special.eos, special.speaker1, special.speaker2, special.pad]
             lora.apply_lora(double_heads, self.opt["lora_rank"], self.opt["lora_alpha"], new_tokens)
-        return TransfertransfoModel(double_heads, special, self.dict.never_generated_ids())
+        mib = self.opt.get("persona_cache_mib", persona_cache.DEFAULT_MAX_MIB)
+        cache = persona_cache.PersonaCache(mib << 20) if mib > 0 else None
+        return TransfertransfoModel(double_heads, special, self.dict.never_generated_ids(), cache)
 
     def load_state_dict(self, state_dict):
         """Model files of the hand-written LoRA (before peft) load under peft's names."""

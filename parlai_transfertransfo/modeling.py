@@ -208,6 +208,11 @@ class DoubleHeads(nn.Module):
     def _packs(self):
         return self.kind != "openai-gpt" and not getattr(self.config, "sliding_window", None)
 
+    def reuses_prefixes(self):
+        """Whether a cached context start can be continued with padding between (no OpenAI
+        GPT: no cache; no sliding window: padding columns would count in the window)."""
+        return self._packs()
+
     def _check_positions(self, positions):
         if self.kind in GPT_DOUBLE_HEADS and positions.numel() and int(positions.max()) >= self.max_positions:
             raise TransfertransfoError(
@@ -216,13 +221,16 @@ class DoubleHeads(nn.Module):
             )
 
     # --- inference: a cached prefix ------------------------------------------------------
-    def encode_prefix(self, ids, types, mask) -> Prefix:
+    def encode_prefix(self, ids, types, mask, past: Prefix | None = None) -> Prefix:
         """Run LEFT-padded contexts ids/types/mask [B, P] once and keep their cache.
 
         Positions are `cumsum(mask) - 1`, so a padded row gets exactly the positions (and,
         with the mask, exactly the attention) it would get alone: scores never depend on
-        which other contexts share the batch.
+        which other contexts share the batch. With `past` (the cached start of each context,
+        persona_cache.py), the contexts continue it.
         """
+        if past is not None:
+            return self._advance(past, ids, types, mask)[1]
         batch = ids.size(0)
         empty = Prefix(
             kv=None,

@@ -21,6 +21,7 @@ AT_LEAST = {
     "label_truncate": (1, "at least 1 token"),
     "text_truncate": (1, "at least 1 token"),
     "truncate": (1, "at least 1 token"),
+    "persona_cache_mib": (0, "0 (off) or more MiB"),
 }
 POSITIVE = ("temperature", "lora_alpha")
 # A context cut below this many tokens cannot hold a persona sentence and the last

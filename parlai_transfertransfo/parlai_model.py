@@ -10,13 +10,16 @@ class TransfertransfoModel(TorchGeneratorModel):
     their key/value cache; "decoding" extends that cache one token at a time.
     """
 
-    def __init__(self, double_heads, special, banned_ids):
+    def __init__(self, double_heads, special, banned_ids, persona_cache=None):
         super().__init__(
             padding_idx=special.pad, start_idx=special.speaker1, end_idx=special.eos
         )
         self.double_heads = double_heads
         self.special = special
         self.register_buffer("banned_ids", torch.tensor(banned_ids, dtype=torch.long), persistent=False)
+        # each chat's `<bos> + persona` keys/values, reused by its later turns (generation
+        # only); None: every context runs whole
+        self.persona_cache = persona_cache
 
     def forward(self, *recipe_batch):
         """Training: contexts + candidates -> (token_nll, token_argmax, mc_logits); see
@@ -27,12 +30,25 @@ class TransfertransfoModel(TorchGeneratorModel):
         """Contexts (left-padded) + `<speaker1>`, the decoder's start token, in one pass: the
         prefix's last logits are then decoding step 0's output (one model call fewer)."""
         start = torch.full_like(ids[:, :1], self.START_IDX)
-        prefix = self.double_heads.encode_prefix(
-            torch.cat([ids, start], 1),
-            torch.cat([types, reply_type[:, None].to(types.dtype)], 1),
-            torch.cat([mask, torch.ones_like(mask[:, :1])], 1),
-        )
-        return prefix, reply_type
+        ids = torch.cat([ids, start], 1)
+        types = torch.cat([types, reply_type[:, None].to(types.dtype)], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        if self._reuses_personas():
+            return self.persona_cache.encode(self.double_heads, ids, types, mask, self._persona_length), reply_type
+        return self.double_heads.encode_prefix(ids, types, mask), reply_type
+
+    def _reuses_personas(self):
+        """Only for inference (no dropout, no gradients), and only where a cached start can
+        be continued across padding (modeling.DoubleHeads.reuses_prefixes)."""
+        return (self.persona_cache is not None and not self.training and not torch.is_grad_enabled()
+                and self.double_heads.reuses_prefixes())
+
+    def _persona_length(self, ids):
+        """Tokens of `<bos> + persona` at the start of a context: up to its first speaker token."""
+        if not ids or ids[0] != self.special.bos:
+            return 0
+        speakers = (self.special.speaker1, self.special.speaker2)
+        return next((i for i, t in enumerate(ids) if t in speakers), len(ids))
 
     def reorder_encoder_states(self, encoder_states, indices):
         prefix, reply_type = encoder_states
