@@ -145,19 +145,6 @@ def test_gpt2_and_double_wrapping_are_refused_in_one_line(tiny_gpt2_dir, tiny_ll
 
 
 # --- through the command line, with the agent's --lora-rank option ------------------------------
-def _agent_has_lora_option():
-    from parlai.core.params import ParlaiParser
-
-    from parlai_transfertransfo.agents import TransfertransfoAgent
-
-    parser = ParlaiParser(False, False)
-    TransfertransfoAgent.add_cmdline_args(parser)
-    return any(action.dest == "lora_rank" for action in parser._actions)
-
-
-needs_lora_option = pytest.mark.skipif(not _agent_has_lora_option(), reason="agent has no --lora-rank yet")
-
-
 def parlai(*args, timeout=600):
     proc = subprocess.run([PARLAI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -185,7 +172,6 @@ def lora_trained(tmp_path_factory, tiny_llama_dir):
     return str(out / "model"), dialogs, out
 
 
-@needs_lora_option
 def test_cli_lora_model_file_keeps_the_backbone_and_extracts_a_small_artifact(lora_trained, tiny_llama_dir):
     model_file, _, out = lora_trained
     from parlai.utils import pickle as parlai_pickle
@@ -203,7 +189,6 @@ def test_cli_lora_model_file_keeps_the_backbone_and_extracts_a_small_artifact(lo
     assert size < 200_000 and len(tensors) == 32
 
 
-@needs_lora_option
 def test_zoo_build_from_the_extracted_artifact_scores_like_the_lora_model(lora_trained):
     from parlai_transfertransfo.zoo.transfertransfo.smollm2_135m import build
 
@@ -219,7 +204,6 @@ def test_zoo_build_from_the_extracted_artifact_scores_like_the_lora_model(lora_t
         assert merged[metric] == pytest.approx(trained[metric], rel=1e-4, abs=1e-6), metric
 
 
-@needs_lora_option
 def test_a_lora_model_file_exports_merged_with_the_same_outputs(lora_trained, tmp_path):
     """`parlai export_transfertransfo` folds the LoRA deltas in: the exported causal LM + MC
     head compute what the LoRA model file computes."""
