@@ -9,9 +9,11 @@
 #   ./install.sh test       + everything above, the test tools and Debian's Chromium
 #
 # Each extra is installed once and stamped; the core's set-up never waits for an extra.
+# TRANSFERTRANSFO_VENV=DIR builds in DIR instead of .venv (tests/test_install_sh.py uses a
+# throwaway one); PYTHON=/path/to/python3.11 picks the interpreter the venv is made from.
 set -euo pipefail
 cd "$(dirname "$0")"
-VENV=.venv
+VENV=${TRANSFERTRANSFO_VENV:-.venv}
 PY=${PYTHON:-python3}
 say() { echo "install.sh: $*" >&2; }
 
@@ -19,7 +21,7 @@ EXTRAS=()
 for arg in "$@"; do
   case "$arg" in
     serve | crowd | test) EXTRAS+=("$arg") ;;
-    -h | --help) sed -n 2,11p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n 2,13p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) say "unknown extra '$arg' (choose from: serve crowd test)"; exit 2 ;;
   esac
 done
