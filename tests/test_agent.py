@@ -44,20 +44,26 @@ def make_agent(model_dir, tmp_path, *args):
 
 
 def whole_sequence_scores(agent, obs):
-    """{candidate: (MC logit, mean LM loss of its tokens and <eos>)}, each candidate run as
-    its own whole sequence (persona + history + candidate) through the model's plain
-    forward pass: the original recipe's scoring, independent of the agent's cached-prefix
-    ranking."""
-    heads, scores = agent.model.double_heads.eval(), {}
-    for cand in obs["label_candidates"]:
-        instance = inputs.build_instance(obs["tt_persona"], obs["tt_history"], agent.dict.txt2vec(cand), agent.special)
-        with torch.no_grad():
-            lm_logits, mc_logits = heads(torch.tensor([instance["input_ids"]]),
-                                         torch.tensor([instance["token_type_ids"]]),
-                                         torch.tensor([instance["mc_token_ids"]]))
-        labels = torch.tensor(instance["lm_labels"][1:])
-        scores[cand] = (float(mc_logits[0]), float(F.cross_entropy(lm_logits[0, :-1], labels)))
-    return scores
+    """{candidate: (MC logit, mean LM loss of its tokens and <eos>)}, each candidate its own
+    whole sequence (persona + history + candidate), right-padded into one [1, C, T] batch
+    through the model's plain forward pass, as the original recipe scores them:
+    independent of the agent's cached-prefix ranking."""
+    cands = obs["label_candidates"]
+    instances = [inputs.build_instance(obs["tt_persona"], obs["tt_history"], agent.dict.txt2vec(c), agent.special)
+                 for c in cands]
+    width = max(len(i["input_ids"]) for i in instances)
+    ids = torch.full((1, len(cands), width), agent.special.pad)
+    types, labels = ids.clone(), torch.full_like(ids, -100)
+    for j, instance in enumerate(instances):
+        n = len(instance["input_ids"])
+        ids[0, j, :n], types[0, j, :n] = torch.tensor(instance["input_ids"]), torch.tensor(instance["token_type_ids"])
+        labels[0, j, :n] = torch.tensor(instance["lm_labels"])
+    mc_index = torch.tensor([[i["mc_token_ids"] for i in instances]])
+    with torch.no_grad():
+        lm_logits, mc_logits = agent.model.double_heads.eval()(ids, types, mc_index)
+    nll = F.cross_entropy(lm_logits[0, :, :-1].transpose(1, 2), labels[0, :, 1:], reduction="none")
+    mean_nll = nll.sum(1) / labels[0, :, 1:].ne(-100).sum(1)
+    return {c: (float(mc_logits[0, j]), float(mean_nll[j])) for j, c in enumerate(cands)}
 
 
 @pytest.fixture(params=["tiny_gpt2_dir", "tiny_openai_gpt_dir", "tiny_llama_dir"])
@@ -128,18 +134,21 @@ def test_verbose_evaluation_reports_each_label_tokens_loss(candidates, tiny_gpt2
 
 def test_plain_evaluation_spends_no_pass_on_label_logits(tiny_gpt2_dir, tmp_path):
     """eval_step always asks compute_loss for its output, but only -v reads the full gold
-    reply logits: without it, ppl and hits@1 come from the one ranking pass."""
-    counts = {}
+    reply logits: without it, ppl and hits@1 come from the one ranking pass, the same."""
+    counts, results = {}, {}
     for verbose in (False, True):
+        torch.manual_seed(0)  # the same new special-token rows in both agents
         agent = make_agent(tiny_gpt2_dir, tmp_path, *(["--verbose"] if verbose else []),
                            "--skip-generation", "true")
         label_logits = agent._label_logits
         calls = []
         agent._label_logits = lambda *a: calls.append(1) or label_logits(*a)
         reply = agent.batch_act([agent.observe(Message(first_example()))])[0]
-        assert reply["metrics"]["ppl"].value() > 1 and len(reply["text_candidates"]) == 20
+        results[verbose] = (reply["metrics"]["ppl"].value(), reply["text_candidates"])
         counts[verbose] = len(calls)
     assert counts == {False: 0, True: 1}
+    assert results[False][0] == pytest.approx(results[True][0], rel=1e-6)
+    assert results[False][1] == results[True][1] and len(results[False][1]) == 20
 
 
 def test_text_truncate_keeps_the_most_recent_context_within_its_tokens(tiny_gpt2_dir, tmp_path):

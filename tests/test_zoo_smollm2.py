@@ -70,14 +70,24 @@ def test_built_model_scores_exactly_like_the_unmerged_lora_model(built, tiny_art
     assert_same_outputs(outputs(merged), outputs(tiny_artifact[1].eval()), atol=1e-5)
 
 
-def test_parlai_eval_and_interactive_load_the_built_model(built, tmp_path):
+def test_parlai_eval_and_interactive_load_the_built_model(built, tiny_artifact, tmp_path):
+    """eval_model on the built model file reports what the unmerged LoRA model it was built
+    from scores (computed here, in-process, on the same examples)."""
+    from parlai.core.agents import create_agent_from_model_file
+
+    from eval_helpers import evaluate
     from test_cli_agent import first_dialogs, parlai, reports
 
     model_file = built[0]
     dialogs = first_dialogs(2, tmp_path / "two.txt")
-    final = reports(parlai("eval_model", "-mf", model_file, "-t", "convai2_file", "--convai2-file", dialogs,
-                           "--valid-split", 0, "--datapath", tmp_path, "--skip-generation", "true", "-bs", 4))[-1]
-    assert final["exs"] == 15 and 0 <= final["hits@1"] <= 1 and final["ppl"] > 1
+    task = ["-t", "convai2_file", "--convai2-file", dialogs, "--valid-split", 0, "--datapath", tmp_path]
+    final = reports(parlai("eval_model", "-mf", model_file, *task, "--skip-generation", "true", "-bs", 4))[-1]
+    agent = create_agent_from_model_file(model_file, {"datapath": str(tmp_path), "skip_generation": True})
+    agent.model.double_heads = tiny_artifact[1].eval()
+    want = evaluate(agent, *task, "-dt", "valid")
+    assert final["exs"] == want["exs"] == 15
+    assert final["hits@1"] == pytest.approx(want["hits@1"], abs=1e-4)  # reports: 4 digits
+    assert final["ppl"] == pytest.approx(want["ppl"], rel=6e-4)
     out = parlai("interactive", "-mf", model_file, "--datapath", tmp_path, stdin="hi! how are you?\n", timeout=300)
     assert len(re.findall(r"\[Transfertransfo\]: (.*)", out)) == 1 and "CHAT DONE" in out
 
