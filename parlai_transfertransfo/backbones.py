@@ -101,6 +101,11 @@ def double_heads_from_config(config, initialize=True) -> DoubleHeads:
             lm = lm_class(config)
         double_heads = DoubleHeads(lm.float())
     if not initialize:
+        # no_init_weights also skips tying the LM head to the embeddings: untied, a reloaded
+        # model has one parameter more than the one that was saved, so a resumed checkpoint's
+        # optimizer state no longer fits (ParlAI then silently resets it) and fine-tuning
+        # from a model file trains two matrices the recipe ties
+        lm.tie_weights()
         with torch.no_grad():
             for param in double_heads.parameters():
                 param.zero_()
@@ -122,8 +127,13 @@ def load_config_file(path: str):
         model_type = values.pop("model_type")
     except (OSError, ValueError, KeyError) as e:
         raise TransfertransfoError(f"cannot read backbone config '{path}': {e}")
-    config = AutoConfig.for_model(model_type, **values)
-    check_supported(config)
+    try:
+        config = AutoConfig.for_model(model_type, **values)
+        check_supported(config)
+    except TransfertransfoError as e:
+        raise TransfertransfoError(f"backbone config '{path}': {e.message}") from None
+    except (ValueError, TypeError) as e:  # an unknown model_type, values of the wrong kind
+        raise TransfertransfoError(f"cannot read backbone config '{path}': {e}") from None
     return config
 
 

@@ -15,7 +15,6 @@ import os
 import tarfile
 import tempfile
 
-import torch
 
 from parlai_transfertransfo import backbones, lora
 from parlai_transfertransfo.errors import TransfertransfoError
@@ -84,10 +83,9 @@ def load_legacy_double_heads(folder):
     for name in ("config.json", LEGACY_WEIGHTS, "vocab.json", "merges.txt"):
         if not os.path.isfile(os.path.join(folder, name)):
             raise TransfertransfoError(f"checkpoint folder '{folder}' lacks {name}")
-    try:
-        state = torch.load(os.path.join(folder, LEGACY_WEIGHTS), map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated download, a pickle that is not a state dict ...
-        raise TransfertransfoError(f"cannot read {LEGACY_WEIGHTS} in '{folder}': {_one_line(e)}")
+    from parlai_transfertransfo.safe_load import load_states
+
+    state = load_states(os.path.join(folder, LEGACY_WEIGHTS))  # weights-only, never code
     state = legacy_state_dict(state)
     config = legacy_config(os.path.join(folder, "config.json"), state)
     lm = OpenAIGPTDoubleHeadsModel(config).float().eval()
@@ -221,10 +219,14 @@ def _write_model_file(pretrained_dir, model_file, datapath, model_name):
 
 
 # --- out: save_pretrained folders ------------------------------------------------------------
-def export_pretrained(model_file, out_dir):
+def export_pretrained(model_file, out_dir, adapter=False, trust=False):
     """Write a ParlAI transfertransfo model file as a save_pretrained folder (see the module
-    docstring for what goes where); returns the list of files written."""
-    double_heads = load_model_file(model_file)
+    docstring for what goes where); returns the list of files written.
+
+    adapter=True writes a model trained with --lora-rank as its PEFT adapter folder instead
+    (`lora.save_adapter`: adapter, MC head, transfertransfo.json), with the tokenizer.
+    """
+    double_heads = load_model_file(model_file, merge=not adapter, trust=trust)
     from parlai_transfertransfo.dictionary import _load_local
 
     tokenizer = _load_local(model_file + ".dict.hf")
@@ -232,48 +234,62 @@ def export_pretrained(model_file, out_dir):
     stale = os.path.join(out_dir, MC_HEAD_FILE)
     if os.path.exists(stale):
         os.remove(stale)
+    if adapter:
+        from parlai.core.opt import Opt
+
+        if not lora.is_lora(double_heads):
+            raise TransfertransfoError(f"'{model_file}' was not trained with --lora-rank: export it without --adapter")
+        backbone = Opt.load(model_file + ".opt").get("model_name") if os.path.exists(model_file + ".opt") else None
+        lora.save_adapter(double_heads, out_dir, backbone=backbone, special_ids=special_ids(model_file))
+        tokenizer.save_pretrained(out_dir)
+        return sorted(os.listdir(out_dir))
     double_heads.lm.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     if double_heads.mc_head is not None:
         from safetensors.torch import save_file
 
         head = {k: v.detach().contiguous() for k, v in double_heads.mc_head.state_dict().items()}
-        save_file(head, stale, metadata={"format": "pt", "module": "nn.Linear(hidden_size, 1)"})
+        save_file(head, stale, metadata={"format": "pt", "module": "nn.Linear(hidden, 1)"})
     return sorted(os.listdir(out_dir))
 
 
-def load_model_file(model_file):
-    """The DoubleHeads of a ParlAI transfertransfo model file, in float32, without building an agent."""
+def special_ids(model_file):
+    """The recipe's special tokens -> their ids, from the model file's tokenizer."""
+    from parlai_transfertransfo.dictionary import _load_local
+
+    tokenizer = _load_local(model_file + ".dict.hf")
+    return {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
+
+
+def load_model_file(model_file, merge=True, trust=False):
+    """The DoubleHeads of a ParlAI transfertransfo model file, in float32, without building an
+    agent, weights-only (safe_load; `trust` is --trust-model-file). A --lora-rank model comes
+    back with its LoRA merged, or as peft wraps it (merge=False)."""
     for path in (model_file, model_file + ".hf_config.json", model_file + ".dict.hf"):
         if not os.path.exists(path):
             raise TransfertransfoError(f"'{path}' is missing: is '{model_file}' a transfertransfo model file?")
     config = backbones.load_config_file(model_file + ".hf_config.json")
     double_heads = backbones.double_heads_from_config(config)
-    import parlai.utils.pickle
+    from parlai_transfertransfo.safe_load import load_states
 
-    try:  # ParlAI's own way of reading its states (they may hold ParlAI objects)
-        with open(model_file, "rb") as f:
-            states = torch.load(f, map_location="cpu", pickle_module=parlai.utils.pickle, weights_only=False)
-    except Exception as e:
-        raise TransfertransfoError(f"cannot read '{model_file}': {_one_line(e)}")
+    states = load_states(model_file, trust=trust)
     prefix = "double_heads."
     weights = {k[len(prefix):]: v for k, v in states.get("model", {}).items() if k.startswith(prefix)}
     if not weights:
         raise TransfertransfoError(f"'{model_file}' holds no transfertransfo model weights")
-    lora_a = [v for k, v in weights.items() if k.endswith(".lora_A")]
+    lora_a = [v for k, v in weights.items() if ".lora_A" in k]
     if lora_a:  # trained with --lora-rank: wrap the same way, load, then fold the deltas in
         from parlai.core.opt import Opt
 
         alpha = lora.DEFAULT_ALPHA
         if os.path.exists(model_file + ".opt"):
             alpha = Opt.load(model_file + ".opt").get("lora_alpha", alpha)
-        new_ids = next(v for k, v in weights.items() if k.endswith(".new_token_ids"))
-        lora.apply_lora(double_heads, lora_a[0].shape[0], alpha, new_ids.tolist())
+        lora.apply_lora(double_heads, lora_a[0].shape[0], alpha, list(special_ids(model_file).values()))
+        weights = lora.upgrade_legacy_state(weights, double_heads.state_dict())
     try:
         double_heads.load_state_dict(weights)
     except RuntimeError as e:
         raise TransfertransfoError(f"'{model_file}' does not fit its .hf_config.json: {_one_line(e)}")
-    if lora_a:
+    if lora_a and merge:
         lora.merge_lora(double_heads)
     return double_heads.float().eval()
-

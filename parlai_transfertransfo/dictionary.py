@@ -126,6 +126,16 @@ def special_ids(tokenizer):
     return SpecialIds(*ids)
 
 
+def valid_unicode(text):
+    """Text the tokenizer accepts: lone surrogates (invalid UTF-8 bytes read from a terminal
+    or pipe arrive as such) become U+FFFD instead of a TypeError deep in `tokenizers`."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 class TransfertransfoDictionaryAgent(DictionaryAgent):
     """ParlAI's dictionary interface over a Hugging Face tokenizer.
 
@@ -218,7 +228,7 @@ class TransfertransfoDictionaryAgent(DictionaryAgent):
         return self.hf_tokenizer.tokenize(text, split_special_tokens=True)
 
     def txt2vec(self, text, vec_type=list):
-        ids = self.hf_tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        ids = self.hf_tokenizer.encode(valid_unicode(text), add_special_tokens=False, split_special_tokens=True)
         return ids if vec_type is list else vec_type(ids)
 
     def vec2txt(self, vector, delimiter=" "):
@@ -231,15 +241,15 @@ class TransfertransfoDictionaryAgent(DictionaryAgent):
     def save(self, filename=None, append=False, sort=True):
         """Write the tokenizer to `filename + '.hf'`, and at `filename` the marker ParlAI
         checks for (it only tests that `<model_file>.dict` exists)."""
+        from parlai_transfertransfo.checkpointing import atomic_directory, write_json
+
         filename = self.opt["dict_file"] if filename is None else filename
         directory = filename + ".hf"
         logging.info(f"Saving tokenizer to {directory}")
-        os.makedirs(directory, exist_ok=True)
-        self.hf_tokenizer.save_pretrained(directory)
-        marker = {"format": MARKER_FORMAT, "tokenizer": os.path.basename(directory)}
-        with PathManager.open(filename, "w", encoding="utf-8") as f:
-            json.dump(marker, f)
-            f.write("\n")
+        # the folder first, the marker (what ParlAI checks for) last, each atomic: a kill
+        # never leaves a marker in front of a half-written tokenizer
+        atomic_directory(directory, self.hf_tokenizer.save_pretrained)
+        write_json(filename, {"format": MARKER_FORMAT, "tokenizer": os.path.basename(directory)})
 
     def load(self, filename):
         """Restore from `save(filename)`, offline; `--model-name` is not consulted."""

@@ -17,7 +17,19 @@ class RecipeHistory(History):
         super().__init__(opt, **kwargs)
         self.use_partner_persona = opt.get("use_partner_persona", False)
         self.default_persona: List[str] = []
+        self.keep = self._utterances_kept(opt)
         self.reset()
+
+    @staticmethod
+    def _utterances_kept(opt):
+        """How many utterances to remember: the recipe's window (2 * max_history + 1) is all
+        the model reads, so a chat of any length holds constant memory. Context blocking
+        against the whole dialogue keeps everything, as ParlAI does; --history-size N keeps N."""
+        size = opt.get("history_size") or -1
+        if opt.get("beam_context_block_ngram", -1) > 0 and opt.get("beam_block_full_context", True):
+            return size if size > 0 else None
+        window = 2 * max(0, opt.get("max_history", 2)) + 1
+        return max(window, size)
 
     def reset(self):
         super().reset()
@@ -29,6 +41,8 @@ class RecipeHistory(History):
     def _add_utterance(self, text):
         self.utterances.append(text)
         self.utterance_vecs.append(self.parse(text))
+        if self.keep is not None and len(self.utterances) > self.keep:
+            del self.utterances[: -self.keep], self.utterance_vecs[: -self.keep]
 
     def update_history(self, obs, temp_history=None):
         text = obs.get(self.field)
@@ -53,6 +67,6 @@ class RecipeHistory(History):
         self.history_strings = self.persona + self.utterances
 
     def get_history_vec(self):
-        if not self.utterance_vecs:
+        if not (self.utterance_vecs or self.persona_vecs):
             return None
         return [tok for vec in self.persona_vecs + self.utterance_vecs for tok in vec]

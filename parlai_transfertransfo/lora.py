@@ -1,131 +1,51 @@
-"""LoRA for the Llama-family double heads: small trainable deltas over a frozen backbone.
+"""LoRA for the Llama-family double heads, through Hugging Face's `peft`: glue only.
 
-What trains (everything else is frozen, `requires_grad=False`, so ParlAI's optimizer never
-sees it, whatever its weight decay):
-- `lora_A` [r, in] and `lora_B` [out, r] beside each target Linear: W x + (alpha/r) B A x.
-  B starts at zero, so the wrapped model computes exactly what the backbone did.
-- `new_rows` [n, H]: the embedding rows of the recipe's added special tokens, held apart
-  from the frozen vocabulary (also the output rows when the LM head is tied to them).
-- the MC head, which the backbone never had.
+`--lora-rank R` wraps the backbone (`double_heads.lm`, changed in place) with a peft
+`LoraConfig`: rank-R adapters on every attention and MLP projection, and the recipe's
+added special tokens trainable through `trainable_token_indices` (one set of rows, shared
+by the tied LM head). Everything else in the backbone is frozen. The MC head, which the
+backbone never had, sits beside it in DoubleHeads and trains in full.
 
-Those tensors are the whole fine-tune: `save_artifact` writes them (a few MB) with
-safetensors, `load_lora_state` puts them back on a freshly wrapped backbone, and
-`merge_lora` folds them into plain Linear/Embedding modules for inference.
+A fine-tune is shared as a standard PEFT adapter folder plus the MC head:
+    adapter_config.json, adapter_model.safetensors   `PeftModel.from_pretrained(lm, folder)`
+    mc_head.safetensors                              nn.Linear(hidden, 1): weight, bias
+    transfertransfo.json                             backbone, vocabulary, special token ids
+where `lm` is the backbone with its embeddings resized to `vocab_size` (transfertransfo.json).
 
-The wrappers subclass `nn.Linear` / `nn.Embedding` and keep the original `weight`
-Parameter objects, so the backbone's state-dict keys and weight tying are unchanged and
-the LoRA tensors only add keys.
+Files of the hand-written LoRA this module replaced (artifacts with metadata format
+`transfertransfo-lora`, model files trained with --lora-rank before peft) still load:
+`convert_legacy_artifact` and `upgrade_legacy_state` rename their tensors to peft's.
 """
 import json
-import math
 import os
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from parlai_transfertransfo.errors import TransfertransfoError
-from parlai_transfertransfo.inputs import SPECIAL_TOKENS
 from parlai_transfertransfo.modeling import CAUSAL_LM_FAMILY
 
 DEFAULT_ALPHA = 16.0  # --lora-alpha
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-ARTIFACT_FORMAT = "transfertransfo-lora"
-ARTIFACT_VERSION = "1"
-_ARTIFACT_SUFFIXES = (".lora_A", ".lora_B", ".new_rows", ".new_token_ids")
-
-
-class LoRALinear(nn.Linear):
-    """`base(x) + scaling * B(A(x))`, sharing the base Linear's weight and bias."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
-        self.weight, self.bias = base.weight, base.bias
-        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
-        like = dict(dtype=base.weight.dtype, device=base.weight.device)
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **like))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **like))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear, and loralib
-
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
-
-    def merged(self) -> nn.Linear:
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        with torch.no_grad():
-            self.weight += (self.lora_B @ self.lora_A) * self.scaling
-        linear.weight, linear.bias = self.weight, self.bias
-        return linear
-
-    def extra_repr(self):
-        return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}"
-
-
-class NewRowsEmbedding(nn.Embedding):
-    """An embedding whose rows `new_token_ids` come from the trainable `new_rows`."""
-
-    def __init__(self, base: nn.Embedding, new_token_ids):
-        super().__init__(
-            base.num_embeddings, base.embedding_dim, padding_idx=base.padding_idx,
-            max_norm=base.max_norm, norm_type=base.norm_type,
-            scale_grad_by_freq=base.scale_grad_by_freq, sparse=base.sparse, device="meta",
-        )
-        self.weight = base.weight
-        ids = torch.as_tensor(new_token_ids, dtype=torch.long, device=base.weight.device)
-        self.register_buffer("new_token_ids", ids)
-        self.new_rows = nn.Parameter(base.weight.detach()[ids].clone())
-        slot = torch.full((base.num_embeddings,), -1, dtype=torch.long, device=ids.device)
-        slot[ids] = torch.arange(len(ids), device=ids.device)
-        self.register_buffer("slot", slot, persistent=False)  # token id -> row of new_rows, or -1
-
-    def forward(self, ids):
-        out = super().forward(ids)
-        slot = self.slot[ids]
-        return torch.where((slot >= 0).unsqueeze(-1), self.new_rows[slot.clamp(min=0)], out)
-
-    def merged(self) -> nn.Embedding:
-        embedding = nn.Embedding(
-            self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
-            max_norm=self.max_norm, norm_type=self.norm_type,
-            scale_grad_by_freq=self.scale_grad_by_freq, sparse=self.sparse, device="meta",
-        )
-        with torch.no_grad():
-            self.weight[self.new_token_ids] = self.new_rows
-        embedding.weight = self.weight
-        return embedding
-
-
-class NewRowsHead(nn.Linear):
-    """An LM head whose logits for `new_token_ids` use `new_rows` (shared with the input
-    embedding when the backbone ties them)."""
-
-    def __init__(self, base: nn.Linear, new_token_ids, new_rows=None):
-        super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
-        self.weight, self.bias = base.weight, base.bias
-        ids = torch.as_tensor(new_token_ids, dtype=torch.long, device=base.weight.device)
-        self.register_buffer("new_token_ids", ids)
-        self.new_rows = new_rows if new_rows is not None else nn.Parameter(base.weight.detach()[ids].clone())
-
-    def forward(self, hidden):
-        logits = F.linear(hidden, self.weight, self.bias)
-        bias = None if self.bias is None else self.bias[self.new_token_ids]
-        return logits.index_copy(-1, self.new_token_ids, F.linear(hidden, self.new_rows, bias))
-
-    def merged(self) -> nn.Linear:
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        with torch.no_grad():
-            self.weight[self.new_token_ids] = self.new_rows
-        linear.weight, linear.bias = self.weight, self.bias
-        return linear
+MC_HEAD_FILE = "mc_head.safetensors"
+INFO_FILE = "transfertransfo.json"
+LEGACY_FORMAT = "transfertransfo-lora"
 
 
 # --- wrap, inspect, merge ---------------------------------------------------------------------
-def apply_lora(double_heads, rank: int, alpha: float, new_token_ids, targets=DEFAULT_TARGETS):
-    """Wrap `targets` Linears of every layer with LoRA and freeze all but the LoRA tensors,
-    the rows of `new_token_ids` and the MC head. Returns double_heads (changed in place).
+def lora_config(rank, alpha, new_token_ids, targets=DEFAULT_TARGETS):
+    from peft import LoraConfig
 
-    Call after the embeddings have been resized for the special tokens.
-    """
+    return LoraConfig(
+        r=int(rank), lora_alpha=float(alpha), lora_dropout=0.0, bias="none",
+        target_modules=sorted(targets), trainable_token_indices=[int(i) for i in new_token_ids],
+    )
+
+
+def apply_lora(double_heads, rank: int, alpha: float, new_token_ids, targets=DEFAULT_TARGETS):
+    """Wrap the backbone with peft LoRA (in place) and freeze all but the adapters, the rows
+    of `new_token_ids` and the MC head. Call after the embeddings have been resized."""
+    from peft import get_peft_model
+
     if double_heads.kind not in CAUSAL_LM_FAMILY:
         raise TransfertransfoError(
             f"--lora-rank supports Llama-family backbones ({', '.join(CAUSAL_LM_FAMILY)}), "
@@ -135,85 +55,31 @@ def apply_lora(double_heads, rank: int, alpha: float, new_token_ids, targets=DEF
         raise TransfertransfoError(f"LoRA rank must be positive, got {rank}")
     if is_lora(double_heads):
         raise TransfertransfoError("LoRA is already applied to this model")
-    new_token_ids = [int(i) for i in new_token_ids]
     vocab = double_heads.vocab_size
     if not new_token_ids or min(new_token_ids) < 0 or max(new_token_ids) >= vocab:
-        raise TransfertransfoError(f"new token ids {new_token_ids} are not rows of the {vocab}-token embedding")
-    targets = tuple(targets)
-    wrapped = set()
-    for name, module in list(double_heads.lm.named_modules()):
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf in targets and type(module) is nn.Linear:
-            _set_module(double_heads.lm, name, LoRALinear(module, rank, alpha))
-            wrapped.add(leaf)
-    missing = [t for t in targets if t not in wrapped]
+        raise TransfertransfoError(f"new token ids {list(new_token_ids)} are not rows of the {vocab}-token embedding")
+    leaves = {name.rsplit(".", 1)[-1] for name, m in double_heads.lm.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in targets if t not in leaves]
     if missing:
         raise TransfertransfoError(f"no Linear layers named {', '.join(missing)} in the {double_heads.kind} backbone")
-
-    lm = double_heads.lm
-    embed, head = lm.get_input_embeddings(), lm.get_output_embeddings()
-    tied = head is not None and head.weight is embed.weight
-    new_embed = NewRowsEmbedding(embed, new_token_ids)
-    lm.set_input_embeddings(new_embed)
-    if head is not None:
-        lm.set_output_embeddings(NewRowsHead(head, new_token_ids, new_embed.new_rows if tied else None))
-
-    for name, param in double_heads.named_parameters():
-        param.requires_grad = name.endswith((".lora_A", ".lora_B", ".new_rows")) or name.startswith("mc_head.")
+    peft_model = get_peft_model(double_heads.lm, lora_config(rank, alpha, new_token_ids, targets))
+    # Kept out of the module tree: the state dict keeps the backbone's own key prefix (`lm.`).
+    double_heads.__dict__["peft_model"] = peft_model
+    for param in double_heads.mc_head.parameters():
+        param.requires_grad = True
     return double_heads
 
 
 def is_lora(double_heads) -> bool:
-    return any(isinstance(m, (LoRALinear, NewRowsEmbedding, NewRowsHead)) for m in double_heads.modules())
-
-
-def lora_state(double_heads) -> dict:
-    """The trained tensors by their double_heads state-dict names: LoRA A/B, the new
-    token rows and their ids, the MC head. A tied head's `new_rows` is stored once."""
-    if not is_lora(double_heads):
-        raise TransfertransfoError("this model has no LoRA: train it with --lora-rank > 0")
-    return _artifact_tensors(double_heads.state_dict())
-
-
-def load_lora_state(double_heads, tensors: dict):
-    """Copy an artifact's tensors into a double_heads wrapped by `apply_lora` the same way."""
-    expected = lora_state(double_heads)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise TransfertransfoError(
-            "the LoRA artifact does not fit this model: "
-            f"missing {missing[:3]}, unexpected {unexpected[:3]} (other rank, targets or backbone?)"
-        )
-    for name, value in tensors.items():
-        if name.endswith(".new_token_ids") and not torch.equal(expected[name], value.to(expected[name].device)):
-            raise TransfertransfoError(
-                f"the LoRA artifact's new token ids {value.tolist()} differ from the model's "
-                f"{expected[name].tolist()}: apply_lora with the artifact's new_token_ids"
-            )
-        if expected[name].shape != value.shape:
-            raise TransfertransfoError(
-                f"the LoRA artifact's {name} is {tuple(value.shape)}, the model's is {tuple(expected[name].shape)}"
-            )
-    double_heads.load_state_dict(tensors, strict=False)
-    return double_heads
+    return double_heads.__dict__.get("peft_model") is not None
 
 
 def merge_lora(double_heads):
-    """Fold every delta into the base weights and put plain modules back (in place).
-
-    Afterwards the model is an ordinary DoubleHeads: same outputs (to float rounding), no
-    extra cost at inference, and every parameter trainable again.
-    """
-    lm = double_heads.lm
-    for name, module in list(lm.named_modules()):
-        if isinstance(module, LoRALinear):
-            _set_module(lm, name, module.merged())
-    embed, head = lm.get_input_embeddings(), lm.get_output_embeddings()
-    if isinstance(embed, NewRowsEmbedding):
-        lm.set_input_embeddings(embed.merged())
-    if isinstance(head, NewRowsHead):
-        lm.set_output_embeddings(head.merged())
+    """Fold the adapters into the weights (peft's `merge_and_unload`), in place: an ordinary
+    DoubleHeads again, every parameter trainable."""
+    peft_model = double_heads.__dict__.pop("peft_model", None)
+    if peft_model is not None:
+        double_heads.lm = peft_model.merge_and_unload()
     for param in double_heads.parameters():
         param.requires_grad = True
     return double_heads
@@ -223,116 +89,157 @@ def trainable_parameters(double_heads) -> int:
     return sum(p.numel() for p in double_heads.parameters() if p.requires_grad)
 
 
-# --- the artifact file ------------------------------------------------------------------------
-def _artifact_tensors(state_dict, prefix=""):
-    out, seen = {}, set()
-    for key, value in state_dict.items():
-        if not key.startswith(prefix):
-            continue
-        name = key[len(prefix):]
-        if not (name.endswith(_ARTIFACT_SUFFIXES) or name.startswith("mc_head.")):
-            continue
-        if name.endswith(".new_rows"):  # a tied head shares the embedding's rows
-            ptr = value.untyped_storage().data_ptr(), value.storage_offset()
-            if ptr in seen:
-                continue
-            seen.add(ptr)
-        if name.endswith(".new_token_ids") and "lm_head" in name:
-            continue  # the same ids as the embedding's
-        out[name] = value.detach().cpu().contiguous()
+# --- the adapter folder -----------------------------------------------------------------------
+def save_adapter(double_heads, folder: str, *, backbone: str, special_ids: dict) -> list:
+    """Write a LoRA double_heads as an adapter folder (see the module docstring); returns
+    the file names."""
+    from safetensors.torch import save_file
+
+    if not is_lora(double_heads):
+        raise TransfertransfoError("this model has no LoRA adapter: it was trained with --lora-rank 0")
+    os.makedirs(folder, exist_ok=True)
+    peft_model = double_heads.__dict__["peft_model"]
+    peft_model.peft_config["default"].base_model_name_or_path = backbone
+    peft_model.save_pretrained(folder, save_embedding_layers=False)  # the new rows are in the adapter
+    card = os.path.join(folder, "README.md")
+    if os.path.exists(card):  # peft's model-card template, all placeholders
+        os.remove(card)
+    head = {k: v.detach().cpu().contiguous() for k, v in double_heads.mc_head.state_dict().items()}
+    save_file(head, os.path.join(folder, MC_HEAD_FILE), metadata={"module": "nn.Linear(hidden_size, 1)"})
+    info = {"backbone": backbone, "vocab_size": double_heads.vocab_size, "special_ids": special_ids}
+    with open(os.path.join(folder, INFO_FILE), "w") as f:
+        json.dump(info, f, indent=1)
+    return sorted(os.listdir(folder))
+
+
+def read_adapter_info(folder: str) -> dict:
+    """transfertransfo.json plus rank, alpha, targets and token ids from adapter_config.json."""
+    paths = [os.path.join(folder, n) for n in (INFO_FILE, "adapter_config.json", "adapter_model.safetensors", MC_HEAD_FILE)]
+    missing = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise TransfertransfoError(f"{folder} is not a transfertransfo adapter folder: {', '.join(missing)} missing")
+    try:
+        with open(paths[0]) as f, open(paths[1]) as g:
+            info, config = json.load(f), json.load(g)
+        info.update(rank=config["r"], alpha=config["lora_alpha"], targets=tuple(config["target_modules"]),
+                    new_token_ids=config["trainable_token_indices"])
+    except (OSError, ValueError, KeyError) as e:
+        raise TransfertransfoError(f"cannot read the adapter folder {folder}: {type(e).__name__}: {e}")
+    return info
+
+
+def load_adapter(double_heads, folder: str):
+    """Load an adapter folder's LoRA and MC head onto a backbone DoubleHeads (resized to the
+    folder's vocab_size): `PeftModel.from_pretrained`, as any peft user would."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    info = read_adapter_info(folder)
+    if double_heads.vocab_size != info["vocab_size"]:
+        raise TransfertransfoError(
+            f"the adapter was trained with {info['vocab_size']} tokens, the backbone has {double_heads.vocab_size}"
+        )
+    try:
+        peft_model = PeftModel.from_pretrained(double_heads.lm, folder, is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise TransfertransfoError(f"the adapter in {folder} does not fit the backbone: {e}")
+    double_heads.__dict__["peft_model"] = peft_model
+    double_heads.mc_head.load_state_dict(load_file(os.path.join(folder, MC_HEAD_FILE)))
+    return double_heads
+
+
+# --- the hand-written LoRA's files ------------------------------------------------------------
+_LEGACY_SUFFIXES = (
+    (".lora_A", ".lora_A.default.weight"),
+    (".lora_B", ".lora_B.default.weight"),
+    (".new_rows", ".token_adapter.trainable_tokens_delta.default"),
+)
+
+
+def is_legacy_state(state) -> bool:
+    return any(k.endswith((".lora_A", ".new_rows")) for k in state)
+
+
+def upgrade_legacy_state(state, model_keys):
+    """A state dict of the hand-written LoRA (its `.lora_A`, `.new_rows`, `.new_token_ids`
+    and unwrapped base weights) under peft's names `model_keys`; any other state unchanged."""
+    if not is_legacy_state(state):
+        return state
+    model_keys, out = set(model_keys), {}
+    for key, value in state.items():
+        if key.endswith(".new_token_ids"):
+            continue  # peft keeps them in its config
+        new = next((key[: -len(old)] + peft for old, peft in _LEGACY_SUFFIXES if key.endswith(old)), key)
+        if new not in model_keys:  # a wrapped module's own weight
+            head, _, leaf = new.rpartition(".")
+            new = next((c for c in (f"{head}.base_layer.{leaf}", f"{head}.token_adapter.base_layer.{leaf}")
+                        if c in model_keys), new)
+        out[new] = value
     return out
 
 
-def artifact_metadata(tensors, *, rank, alpha, backbone, vocab_size) -> dict:
-    """safetensors metadata (strings only): what `build` needs to rebuild the same model."""
-    ids = next((v.tolist() for k, v in tensors.items() if k.endswith("embed_tokens.new_token_ids")), None)
-    if ids is None:
-        ids = next(v.tolist() for k, v in tensors.items() if k.endswith(".new_token_ids"))
-    targets = sorted({k.rsplit(".", 2)[-2] for k in tensors if k.endswith(".lora_A")})
-    appended = sum(1 for i in ids if i >= vocab_size - len(ids))
-    meta = {
-        "format": ARTIFACT_FORMAT,
-        "version": ARTIFACT_VERSION,
-        "rank": str(int(rank)),
-        "alpha": repr(float(alpha)),
-        "targets": ",".join(targets),
-        "backbone": str(backbone),
-        "vocab_size": str(int(vocab_size)),
-        "base_vocab_size": str(int(vocab_size) - appended),
-        "new_token_ids": json.dumps(ids),
-    }
-    if len(ids) == len(SPECIAL_TOKENS):
-        meta["special_ids"] = json.dumps(dict(zip(SPECIAL_TOKENS, ids)))
-    return meta
-
-
-def save_artifact(double_heads, path: str, *, backbone: str) -> int:
-    """Write the LoRA artifact of a wrapped double_heads; returns its size in bytes."""
-    tensors = lora_state(double_heads)
-    rank, alpha = next((m.rank, m.alpha) for m in double_heads.modules() if isinstance(m, LoRALinear))
-    meta = artifact_metadata(tensors, rank=rank, alpha=alpha, backbone=backbone, vocab_size=double_heads.vocab_size)
-    return _write(tensors, meta, path)
-
-
-def load_artifact(path: str):
-    """(tensors, metadata) of an artifact; metadata has `rank`/`alpha`/`vocab_size`/... parsed."""
+def load_legacy_artifact(path: str):
+    """(tensors, metadata) of a hand-written-LoRA artifact (.safetensors)."""
     from safetensors import safe_open
 
-    if not os.path.isfile(path):
-        raise TransfertransfoError(f"no LoRA artifact at {path}")
     try:
         with safe_open(path, framework="pt") as f:
-            raw = f.metadata() or {}
+            meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types on a bad file
         raise TransfertransfoError(f"cannot read LoRA artifact {path}: {e}")
-    if raw.get("format") != ARTIFACT_FORMAT:
-        raise TransfertransfoError(f"{path} is not a transfertransfo LoRA artifact")
-    meta = dict(raw)
-    meta.update(
-        rank=int(raw["rank"]), alpha=float(raw["alpha"]), targets=tuple(raw["targets"].split(",")),
-        vocab_size=int(raw["vocab_size"]), base_vocab_size=int(raw["base_vocab_size"]),
-        new_token_ids=json.loads(raw["new_token_ids"]),
-    )
-    if "special_ids" in raw:
-        meta["special_ids"] = json.loads(raw["special_ids"])
+    if meta.get("format") != LEGACY_FORMAT:
+        raise TransfertransfoError(f"{path} is neither an adapter folder nor a transfertransfo LoRA artifact")
     return tensors, meta
 
 
-def extract_artifact(model_file: str, out_path: str) -> int:
-    """Write the artifact of a ParlAI model file trained with --lora-rank; returns bytes.
+def convert_legacy_artifact(path: str, folder: str, cache_dir=None, backbone=None) -> list:
+    """Rewrite a hand-written-LoRA artifact as an adapter folder, without retraining: the
+    same tensors under peft's names (LoRA A/B, the new rows as trainable-token rows, the
+    MC head). Loads the backbone named in the artifact; returns the folder's file names."""
+    from parlai_transfertransfo import backbones
 
-    Rank comes from the tensors; alpha and the backbone name from `<model_file>.opt`.
-    """
-    import parlai.utils.pickle
+    tensors, meta = load_legacy_artifact(path)
+    backbone = backbone or meta["backbone"]
+    new_ids = json.loads(meta["new_token_ids"])
+    double_heads = backbones.load_double_heads(backbone, cache_dir)
+    double_heads.resize_token_embeddings(int(meta["vocab_size"]))
+    apply_lora(double_heads, int(meta["rank"]), float(meta["alpha"]), new_ids, targets=meta["targets"].split(","))
+    state = double_heads.state_dict()
+    renamed = upgrade_legacy_state(tensors, state)
+    unknown = sorted(set(renamed) - set(state))
+    if unknown:
+        raise TransfertransfoError(f"the LoRA artifact does not fit its backbone: unexpected {unknown[:3]}")
+    for name, value in renamed.items():
+        if state[name].shape != value.shape:
+            raise TransfertransfoError(f"the LoRA artifact's {name} is {tuple(value.shape)}, the model's {tuple(state[name].shape)}")
+    double_heads.load_state_dict(renamed, strict=False)
+    special = json.loads(meta["special_ids"]) if "special_ids" in meta else {}
+    return save_adapter(double_heads, folder, backbone=backbone, special_ids=special)
+
+
+def extract_adapter(model_file: str, folder: str) -> list:
+    """Write the adapter folder of a ParlAI model file trained with --lora-rank."""
+    from parlai_transfertransfo.convert import load_model_file, special_ids
+
+    double_heads = load_model_file(model_file, merge=False)
+    if not is_lora(double_heads):
+        raise TransfertransfoError(f"{model_file} was not trained with LoRA (--lora-rank > 0)")
     from parlai.core.opt import Opt
 
-    if not os.path.isfile(model_file) or not os.path.isfile(model_file + ".opt"):
-        raise TransfertransfoError(f"no ParlAI model file (and .opt) at {model_file}")
-    opt = Opt.load(model_file + ".opt")
-    with open(model_file, "rb") as f:
-        states = torch.load(f, map_location="cpu", pickle_module=parlai.utils.pickle)
-    state = states["model"]
-    tensors = _artifact_tensors(state, prefix="double_heads.")
-    lora_a = [v for k, v in tensors.items() if k.endswith(".lora_A")]
-    if not lora_a:
-        raise TransfertransfoError(f"{model_file} was not trained with LoRA (--lora-rank > 0)")
-    embed = next(k for k in state if k.startswith("double_heads.") and k.endswith("embed_tokens.weight"))
-    meta = artifact_metadata(
-        tensors, rank=lora_a[0].shape[0], alpha=opt.get("lora_alpha", DEFAULT_ALPHA),
-        backbone=opt.get("model_name"), vocab_size=state[embed].shape[0],
-    )
-    return _write(tensors, meta, out_path)
+    from parlai_transfertransfo.checkpointing import atomic_directory
+
+    backbone = Opt.load(model_file + ".opt").get("model_name")
+    ids = special_ids(model_file)
+    # a run killed while writing never leaves a half-written adapter folder
+    atomic_directory(folder, lambda staging: save_adapter(double_heads, staging, backbone=backbone, special_ids=ids))
+    return sorted(os.listdir(folder))
 
 
-def _write(tensors, meta, path) -> int:
-    from safetensors.torch import save_file
+if __name__ == "__main__":  # python -m parlai_transfertransfo.lora OLD.safetensors NEW_FOLDER [DATAPATH]
+    import sys
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(tensors, path, metadata=meta)
-    return os.path.getsize(path)
-
-
-def _set_module(root, name, module):
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+    if len(sys.argv) not in (3, 4):
+        raise SystemExit("usage: python -m parlai_transfertransfo.lora OLD_ARTIFACT.safetensors ADAPTER_FOLDER [DATAPATH]")
+    files = convert_legacy_artifact(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
+    print(f"wrote {sys.argv[2]}: {', '.join(files)}")

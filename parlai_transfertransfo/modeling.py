@@ -6,9 +6,10 @@
 - Llama-family causal LMs: the LM plus our own MC head, `nn.Linear(hidden, 1)`, with
   segments added the GPT way: `inputs_embeds = embed(ids) + embed(token_type_ids)`.
 
-Every path runs a shared context once and continues from its KV cache: `recipe_losses`
-(training: candidates as continuations of their context, with gradients), and
-`encode_prefix` / `extend` / `select` / `score_candidates` (incremental decoding, ranking).
+Every path runs a shared context once: `recipe_losses` (training and ranking: each context
+and its candidates packed in one row, packing.py, with gradients when training), and
+`encode_prefix` / `extend` / `select` (incremental decoding from the KV cache;
+`score_candidates`, ranking over that cache, is the previous ranking path).
 `forward` runs whole (right-padded) sequences, the recipe's own layout, as a reference.
 """
 from dataclasses import dataclass, replace
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parlai_transfertransfo import packing
 from parlai_transfertransfo.errors import TransfertransfoError
 
 GPT_DOUBLE_HEADS = {"gpt2": "GPT2DoubleHeadsModel", "openai-gpt": "OpenAIGPTDoubleHeadsModel"}
@@ -71,6 +73,7 @@ class DoubleHeads(nn.Module):
     def __init__(self, lm):
         super().__init__()
         self.kind = check_supported(lm.config)
+        self.candidate_path = "packed"  # or "cached", the previous path (see _candidate_states)
         self.lm = lm
         if self.kind in GPT_DOUBLE_HEADS:
             self.mc_head = None
@@ -92,7 +95,7 @@ class DoubleHeads(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        return self.lm.get_input_embeddings().num_embeddings
+        return self.lm.get_input_embeddings().weight.shape[0]  # also through peft's wrapper
 
     def resize_token_embeddings(self, n: int):
         """Grow the (tied) word embeddings for added special tokens; no-op if already n."""
@@ -157,25 +160,60 @@ class DoubleHeads(nn.Module):
         the context is encoded once per candidate. Here the LEFT-padded contexts ids/types/
         mask [P, S] run once, with gradients, and the right-padded candidates cand_ids/
         cand_types [N, L] (speaker token first, `<eos>` last, cand_lengths [N] real tokens)
-        continue their context owner[N] from its cache: the same attention, positions and
-        segments as the whole sequences, so the same losses and gradients (tested), for
-        a fraction of the tokens. mc_logits [N] is read at each `<eos>`.
+        continue their context owner[N]: the same attention, positions and segments as the
+        whole sequences, so the same losses and gradients (tested), for a fraction of the
+        tokens (see `_candidate_states`). mc_logits [N] is read at each `<eos>`. Ranking
+        uses it too, with lm_rows empty.
 
         The LM head runs only on the candidates lm_rows [G] (the gold replies) and only at
         their labelled positions: token_nll / token_argmax [G, L-1] hold, at t, the loss and
         prediction for cand_ids[g, t+1] (reply words and `<eos>`; 0 and -100 elsewhere).
         """
-        prefix = self.encode_prefix(ids, types, mask)
-        hidden, cand_mask = self._continue(prefix, owner, cand_ids, cand_types, cand_lengths)
-        mc_logits = self._mc_logits(hidden, (cand_lengths - 1).clamp(min=0))
+        states, index = self._candidate_states(ids, types, mask, owner, cand_ids, cand_types, cand_lengths)
+        last = index.gather(1, (cand_lengths - 1).clamp(min=0)[:, None]).squeeze(1)
+        mc_logits = self._mc_logits(states.index_select(0, last.clamp(min=0))[:, None], torch.zeros_like(last))
         targets = cand_ids.index_select(0, lm_rows)[:, 1:]
-        where = cand_mask.index_select(0, lm_rows)[:, 1:].bool()
-        logits = self._lm_logits(hidden.index_select(0, lm_rows)[:, :-1][where]).float()
-        token_nll = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device)
-        token_nll[where] = F.cross_entropy(logits, targets[where], reduction="none")
+        gold_index = index.index_select(0, lm_rows)
+        where = gold_index[:, 1:].ge(0)
+        token_nll = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
         token_argmax = torch.full_like(targets, -100)
-        token_argmax[where] = logits.argmax(-1)
+        if bool(where.any()):  # ranking alone (no gold rows) runs no LM head at all
+            logits = self._lm_logits(states.index_select(0, gold_index[:, :-1][where])).float()
+            token_nll[where] = F.cross_entropy(logits, targets[where], reduction="none")
+            token_argmax[where] = logits.argmax(-1)
         return token_nll, token_argmax, mc_logits
+
+    def _candidate_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths):
+        """Hidden states of the candidates continuing their contexts: (states [X, H], index
+        [N, L]), index[i, t] the row of `states` for token t of candidate i (-1: padding).
+
+        "packed" (the default): contexts and candidates in packed rows, one forward pass
+        (packing.py): nothing is padded to the longest candidate or context. "cached": the
+        previous path, kept selectable for side-by-side benchmarks: the left-padded contexts
+        run first, then each context's candidates in one row over its cache, padded to the
+        longest such row. OpenAI GPT (no 4D masks, no cache) and sliding-window models (the
+        custom mask would lift the window) take the cached path's one row per candidate.
+        """
+        if self.candidate_path == "packed" and self._packs():
+            rows = packing.pack(ids, types, mask, owner, cand_ids, cand_types, cand_lengths)
+            self._check_positions(rows.positions)
+            dtype = self.lm.get_input_embeddings().weight.dtype
+            hidden = self._hidden(rows.ids, rows.types, rows.mask(dtype), rows.positions, None)
+            return hidden.reshape(-1, hidden.size(-1)), rows.cand_index
+        hidden, cand_mask = self._continue(self.encode_prefix(ids, types, mask), owner, cand_ids,
+                                           cand_types, cand_lengths)
+        index = torch.arange(cand_mask.numel(), device=cand_mask.device).view_as(cand_mask)
+        return hidden.reshape(-1, hidden.size(-1)), index.masked_fill(~cand_mask.bool(), -1)
+
+    def _packs(self):
+        return self.kind != "openai-gpt" and not getattr(self.config, "sliding_window", None)
+
+    def _check_positions(self, positions):
+        if self.kind in GPT_DOUBLE_HEADS and positions.numel() and int(positions.max()) >= self.max_positions:
+            raise TransfertransfoError(
+                f"sequence longer than the model's {self.max_positions} positions: "
+                "truncate the context"
+            )
 
     # --- inference: a cached prefix ------------------------------------------------------
     def encode_prefix(self, ids, types, mask) -> Prefix:
@@ -302,11 +340,7 @@ class DoubleHeads(nn.Module):
         mask = mask.long()
         positions = prefix.next_position[:, None] + mask.cumsum(1) - 1
         positions = positions.clamp(min=0)
-        if self.kind in GPT_DOUBLE_HEADS and int(positions.max()) >= self.max_positions:
-            raise TransfertransfoError(
-                f"sequence longer than the model's {self.max_positions} positions: "
-                "truncate the context"
-            )
+        self._check_positions(positions)
         full_mask = torch.cat([prefix.mask, mask], dim=1)
         if self.kind == "openai-gpt":
             # No KV cache in transformers 5's OpenAI GPT: keep the tokens and re-run the

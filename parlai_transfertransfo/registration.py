@@ -7,10 +7,14 @@ that pip installs beside this package calls `install_from_pth()` when any Python
 (spawned multiprocessing workers too).  That adds one finder to `sys.meta_path` and
 imports nothing else; when ParlAI later imports one of those four packages, the finder
 appends our directories to its `__path__`, and when it imports a module that
-`compat.PATCHES` fixes, the patch is applied right after the module has loaded.
+`compat.PATCHES` fixes, the patch is applied right after the module has loaded.  The few
+modules that cannot even be imported as shipped (`compat.SOURCE_PATCHES`: Mephisto's and
+ParlAI's dataclasses that Python 3.11 rejects) are compiled from their source with the
+fix applied, never from a stale bytecode cache.
 """
 import functools
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -64,11 +68,21 @@ class _ExtendingLoader(importlib.abc.Loader):
         return getattr(self.inner, name)
 
 
+class _SourcePatchedLoader(importlib.machinery.SourceFileLoader):
+    """Compiles a module from its source text after `compat.SOURCE_PATCHES` fixed it."""
+
+    def get_code(self, fullname):
+        source = compat.SOURCE_PATCHES[fullname](self.get_source(fullname))
+        return compile(source, self.path, "exec", dont_inherit=True)
+
+
 class ParlAIPluginFinder(importlib.abc.MetaPathFinder):
     """Wraps the real loader of the few ParlAI modules we extend or patch."""
 
-    targets = {"parlai.agents", "parlai.scripts", "parlai.zoo", "parlai.tasks"} | set(
-        compat.PATCHES
+    targets = (
+        {"parlai.agents", "parlai.scripts", "parlai.zoo", "parlai.tasks"}
+        | set(compat.PATCHES)
+        | set(compat.SOURCE_PATCHES)
     )
 
     def find_spec(self, fullname, path, target=None):
@@ -79,6 +93,8 @@ class ParlAIPluginFinder(importlib.abc.MetaPathFinder):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
+                if fullname in compat.SOURCE_PATCHES and str(spec.origin).endswith(".py"):
+                    spec.loader = _SourcePatchedLoader(fullname, spec.origin)
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
                     spec.loader = _ExtendingLoader(spec.loader)
                 return spec

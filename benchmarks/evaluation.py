@@ -1,0 +1,63 @@
+"""P7 full-evaluation throughput of the embedded model: examples/s of `eval_model`'s path
+and the projected wall time of `parlai eval_model -t convai2 -dt valid` (7801 examples).
+
+Real held-out ConvAI2 validation examples (the last 100 shipped dialogs) go through what
+ParlAI's batch world does for each batch: every example observed, then one `batch_act` of
+`-bs` examples (`eval_step`: ppl + hits@1 over the 20 candidates, and a generated reply
+unless `--skip-generation true`). One agent, one model in memory: the sides differ only in
+`DoubleHeads.candidate_path` (packed rows, or the previous cached path) and in `--bf16`,
+and they alternate every two batches, so the shared machine's load hits them alike.
+"""
+import time
+
+from benchmarks.common import double_heads, message, observed, sync
+
+OFFICIAL_VALID_EXAMPLES = 7801  # ConvAI2 valid_self_original, what `-t convai2 -dt valid` serves
+SIDES = {  # name: (candidate path, --bf16)
+    "previous cached path, fp32": ("cached", False),
+    "packed rows, fp32": ("packed", False),
+    "packed rows, bf16": ("packed", True),
+}
+
+
+def make_eval_agent(model_file, datapath, device, batch_size, skip_generation):
+    from parlai.core.agents import create_agent
+    from parlai.core.params import ParlaiParser
+
+    argv = ["-mf", model_file, "--datapath", datapath, "-bs", str(batch_size),
+            "--skip-generation", str(skip_generation).lower()]
+    argv += ["--no-cuda"] if device == "cpu" else ["--gpu", "0"]
+    opt = ParlaiParser(True, True).parse_args(argv)
+    return create_agent(opt, requireModelExists=True)
+
+
+def run(model_file, datapath, device, dialogs, n_examples=512, batch_size=16, skip_generation=False):
+    agent = make_eval_agent(model_file, datapath, device, batch_size, skip_generation)
+    agent.model.eval()
+    heads = double_heads(agent)
+    msgs = [message(d, t, "eval") for d in dialogs[-100:] for t in range(len(d[1]))][:n_examples]
+    batches = [msgs[i:i + batch_size] for i in range(0, len(msgs), batch_size)]
+
+    def evaluate(side, batch):
+        heads.candidate_path, agent.opt["bf16"] = SIDES[side]
+        out = agent.batch_act([observed(agent, m) for m in batch])
+        assert all(o.get("text_candidates") for o in out)
+        return [o["text_candidates"] for o in out]
+
+    # Same computation first: both fp32 paths rank the first batch alike.
+    if evaluate("previous cached path, fp32", batches[0]) != evaluate("packed rows, fp32", batches[0]):
+        raise AssertionError("P7: the packed and cached paths rank differently")
+
+    names, seconds = list(SIDES), {side: 0.0 for side in SIDES}
+    for k, i in enumerate(range(0, len(batches), 2)):
+        for side in names[k % len(names):] + names[: k % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            for batch in batches[i:i + 2]:
+                evaluate(side, batch)
+            sync(device)
+            seconds[side] += time.perf_counter() - start
+    heads.candidate_path, agent.opt["bf16"] = "packed", False
+    per_s = {side: len(msgs) / s for side, s in seconds.items()}
+    return {"examples": len(msgs), "seconds": seconds, "examples_per_s": per_s,
+            "projected_hours": {side: OFFICIAL_VALID_EXAMPLES / v / 3600 for side, v in per_s.items()}}

@@ -1,0 +1,103 @@
+"""P6 serving: 16 chat sessions at once vs the same 16 requests one at a time.
+
+Both sides go through the server's scheduler (serving/scheduler.py) in this process:
+"at once" submits the 16 requests together, so they share one prefill call and one
+model call per decoding step; "one at a time" submits each after the previous reply.
+Each session is a real ConvAI2 dialog at the same turn (its persona and the recipe's
+history window; TURNS), greedy replies of exactly 20 tokens (`--beam-min-length 20`), so both
+sides generate the same tokens (checked first). Reported: aggregate reply tokens/s and
+the p50/p95 latency of a request, from its submission to its last token.
+"""
+import asyncio
+import statistics
+import time
+
+from benchmarks.common import make_agent
+from parlai_transfertransfo import inputs
+from parlai_transfertransfo.serving.decoding import defaults_from_opt
+from parlai_transfertransfo.serving.scheduler import Job, Scheduler
+
+STEPS = 20
+# a session's opening message (persona + one utterance) and one later in the chat (the
+# recipe's full history window): the longer the context, the more of the work is the
+# prefill, which batching cannot make cheaper on a CPU (it is compute-bound either way)
+TURNS = ((0, "opening message"), (2, "third message"))
+AT_ONCE, ONE_BY_ONE = "16 sessions at once (dynamic batching)", "the same requests one at a time"
+
+
+def sessions(dialogs, n, turn):
+    """(persona sentences, utterances up to the partner's `turn`-th) of n real dialogs."""
+    out = []
+    for persona_lines, turns in dialogs:
+        if len(turns) <= turn:
+            continue
+        persona = [line[len(inputs.YOUR_PERSONA):] for line in persona_lines]
+        utterances = [u for partner, reply, _ in turns[:turn] for u in (partner, reply)] + [turns[turn][0]]
+        out.append((persona, utterances))
+        if len(out) == n:
+            return out
+    raise ValueError(f"fewer than {n} dialogs with {turn + 1} turns")
+
+
+async def _serve(scheduler, requests, decoding, together):
+    async def one(persona, utterances):
+        job = Job(persona, utterances, decoding)
+        scheduler.submit(job)
+        text = None
+        async for event in job.stream():
+            if event[0] == "end":
+                text = event[2]["text"]
+            elif event[0] == "error":
+                raise RuntimeError(event[1])
+        return text, time.perf_counter() - job.submitted
+
+    if together:
+        return await asyncio.gather(*[one(*r) for r in requests])
+    return [await one(*r) for r in requests]
+
+
+def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2):
+    agent = make_agent(model, workdir, device, "--inference", "greedy", "--beam-min-length", STEPS,
+                       "--label-truncate", STEPS)
+    decoding = defaults_from_opt(agent.opt)
+    requests = sessions(dialogs, n_sessions, turn)
+    scheduler = Scheduler(agent, max_rows=max(32, n_sessions), max_prefill_tokens=8192).start()
+    try:
+        def side(together):
+            start = time.perf_counter()
+            results = asyncio.run(_serve(scheduler, requests, decoding, together))
+            return time.perf_counter() - start, results
+
+        # Same computation first: batched replies are the replies served alone.
+        _, batched = side(True)
+        _, alone = side(False)
+        if [t for t, _ in batched] != [t for t, _ in alone]:
+            raise AssertionError(f"P6 {model}: batched and one-at-a-time replies differ")
+        times, latencies = {AT_ONCE: [], ONE_BY_ONE: []}, {AT_ONCE: [], ONE_BY_ONE: []}
+        for rep in range(reps):  # interleaved: the order alternates every repetition
+            order = [AT_ONCE, ONE_BY_ONE] if rep % 2 == 0 else [ONE_BY_ONE, AT_ONCE]
+            for name in order:
+                seconds, results = side(name == AT_ONCE)
+                times[name].append(seconds)
+                latencies[name] += [latency for _, latency in results]
+    finally:
+        scheduler.stop()
+    tokens = n_sessions * STEPS
+    context = statistics.mean(len(_context_ids(agent, r)) for r in requests)
+    return {
+        "times": times,
+        "tokens_per_s": {name: tokens / statistics.median(ts) for name, ts in times.items()},
+        "latency": {name: (_percentile(ls, 50), _percentile(ls, 95)) for name, ls in latencies.items()},
+        "context_tokens": round(context), "sessions": n_sessions, "turn": turn,
+    }
+
+
+def _context_ids(agent, request):
+    from parlai_transfertransfo.serving.dialogue import build_context
+
+    return build_context(agent, request[0], request[1], STEPS).ids
+
+
+def _percentile(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]

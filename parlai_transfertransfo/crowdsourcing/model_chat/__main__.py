@@ -1,0 +1,3 @@
+from parlai_transfertransfo.crowdsourcing.model_chat.run import run
+
+run()

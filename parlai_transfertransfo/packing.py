@@ -1,0 +1,122 @@
+"""Contexts and their candidates packed into rows: one forward pass, no padding inside.
+
+The recipe scores every candidate as a whole sequence, context + candidate. Here each
+context runs once and its candidates follow it in the same row, back to back:
+
+    row:   [ context A | cand A1 | cand A2 | ... | context B | cand B1 | ... | pad ]
+
+A block-diagonal attention mask gives every token exactly the view it has in the recipe's
+own sequence: a context token sees its context up to itself; a candidate token sees its
+whole context and its own candidate up to itself, never another candidate or another
+example. Positions restart after the context for each candidate. So every token gets the
+recipe's hidden state, while the context costs its own length once, candidates cost their
+own length (no padding to the longest one), and short examples share a row with others
+instead of being padded to the longest. Rows are filled first-fit, longest example first,
+up to the longest example's length, so padding is only what is left at the end of a row.
+
+Nothing here depends on the backbone: the rows go through the model's ordinary forward
+with `position_ids` and a 4D additive attention mask (any module that accepts those).
+"""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """Rows ready for one forward pass, and where each candidate token landed in them."""
+
+    ids: torch.Tensor  # [R, W] token ids (0 at padding)
+    types: torch.Tensor | None  # [R, W] token types, or None
+    positions: torch.Tensor  # [R, W] position ids (0 at padding)
+    allowed: torch.Tensor  # [R, W, W] bool: query (dim 1) may attend to key (dim 2)
+    cand_index: torch.Tensor  # [N, L] flat index into [R * W] of candidate tokens (-1: padding)
+    tokens: int  # real tokens in the rows (contexts once + candidates)
+
+    def mask(self, dtype):
+        """[R, 1, W, W] additive mask in `dtype`: 0 where allowed, the dtype's minimum elsewhere."""
+        zeros = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
+        return zeros.masked_fill(~self.allowed, torch.finfo(dtype).min)[:, None]
+
+
+def first_fit_rows(lengths, capacity):
+    """Rows for items of `lengths`: (row of each item, column where it starts), first-fit
+    decreasing; an item longer than `capacity` gets a row of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    used, row, start = [], [0] * len(lengths), [0] * len(lengths)
+    for i in order:
+        r = next((r for r, u in enumerate(used) if u + lengths[i] <= capacity), len(used))
+        if r == len(used):
+            used.append(0)
+        row[i], start[i] = r, used[r]
+        used[r] += lengths[i]
+    return row, start, max(used, default=0)
+
+
+def pack(ctx_ids, ctx_types, ctx_mask, owner, cand_ids, cand_types, cand_lengths):
+    """Pack LEFT-padded contexts [P, S] (mask 1 on real tokens) and right-padded candidates
+    [N, L] (cand_lengths [N] real tokens, owner [N] their context) into PackedRows.
+
+    Contexts that own no candidate are left out: they would cost tokens and give nothing.
+    """
+    dev = cand_ids.device
+    n_ctx, n_cands, max_len = ctx_ids.size(0), cand_ids.size(0), cand_ids.size(1)
+    ctx_len = ctx_mask.long().sum(1)
+    cand_total = torch.zeros(n_ctx, dtype=torch.long, device=dev).index_add_(0, owner, cand_lengths)
+    ctx_len_l, cand_total_l = ctx_len.tolist(), cand_total.tolist()
+    used = [p for p in range(n_ctx) if cand_total_l[p] > 0]
+    lengths = [ctx_len_l[p] + cand_total_l[p] for p in used]
+    rows, starts, width = first_fit_rows(lengths, max(lengths, default=0))
+    n_rows = max(rows, default=-1) + 1
+    ex_row = torch.zeros(n_ctx, dtype=torch.long, device=dev)
+    ex_start = torch.zeros(n_ctx, dtype=torch.long, device=dev)
+    if used:
+        idx = torch.tensor(used, device=dev)
+        ex_row[idx] = torch.tensor(rows, device=dev)
+        ex_start[idx] = torch.tensor(starts, device=dev)
+
+    # per column: token id, type, position, example (-1 padding), candidate (-1 context)
+    ids = torch.zeros((n_rows, width), dtype=torch.long, device=dev)
+    types = None if ctx_types is None else torch.zeros_like(ids)
+    positions = torch.zeros_like(ids)
+    example = torch.full_like(ids, -1)
+    cand_of = torch.full_like(ids, -2)  # padding columns: a candidate id nobody has
+
+    # contexts: real tokens of used contexts, left-aligned at their example's start
+    in_ctx = ctx_mask.bool() & (cand_total > 0)[:, None]
+    ctx_pos = (ctx_mask.long().cumsum(1) - 1).clamp(min=0)
+    ctx_p = torch.arange(n_ctx, device=dev)[:, None].expand_as(ctx_ids)[in_ctx]
+    r, c = ex_row[ctx_p], ex_start[ctx_p] + ctx_pos[in_ctx]
+    ids[r, c], positions[r, c], example[r, c], cand_of[r, c] = ctx_ids[in_ctx], ctx_pos[in_ctx], ctx_p, -1
+    if types is not None:
+        types[r, c] = ctx_types[in_ctx]
+
+    # candidates: after their context, in their order, back to back
+    steps = torch.arange(max_len, device=dev)
+    real = steps[None, :] < cand_lengths[:, None]
+    before = torch.zeros_like(cand_lengths)  # tokens of the same context's earlier candidates
+    if n_cands:
+        order = torch.argsort(owner, stable=True)
+        sorted_len = cand_lengths[order]
+        cum = torch.cumsum(sorted_len, 0) - sorted_len
+        first = torch.cumsum(cand_total, 0) - cand_total  # cum of the owner's first candidate
+        before[order] = cum - first[owner[order]]
+    cand_start = ex_start[owner] + ctx_len[owner] + before  # [N] column of each first token
+    cand_n = torch.arange(n_cands, device=dev)[:, None].expand_as(cand_ids)
+    r = ex_row[owner][:, None].expand_as(cand_ids)[real]
+    c = (cand_start[:, None] + steps[None, :])[real]
+    ids[r, c] = cand_ids[real]
+    positions[r, c] = (ctx_len[owner][:, None] + steps[None, :])[real]
+    example[r, c], cand_of[r, c] = owner[:, None].expand_as(cand_ids)[real], cand_n[real]
+    if types is not None:
+        types[r, c] = cand_types[real]
+    cand_index = torch.full((n_cands, max_len), -1, dtype=torch.long, device=dev)
+    cand_index[real] = r * width + c
+
+    # who sees whom: same example, not later, and (a context key, or the same candidate);
+    # padding sees padding (never an empty softmax row), real tokens never see padding
+    cols = torch.arange(width, device=dev)
+    allowed = (example[:, :, None] == example[:, None, :]) & (cols[None, None, :] <= cols[None, :, None])
+    allowed &= (cand_of[:, None, :] == -1) | (cand_of[:, None, :] == cand_of[:, :, None])
+    tokens = int(ctx_len[cand_total > 0].sum()) + int(cand_lengths.sum())
+    return PackedRows(ids, types, positions, allowed, cand_index, tokens)

@@ -1,0 +1,175 @@
+"""Packed rows (packing.py): contexts and candidates of very different lengths, one pass, no
+padding inside a row, the same scores, losses and gradients as the previous cached path and
+as the recipe's whole sequences; and the agent's ranking on ragged, bad batches."""
+import pytest
+import torch
+from parlai.core.message import Message
+
+from parlai_transfertransfo import agents
+from parlai_transfertransfo.packing import first_fit_rows, pack
+from test_agent import first_example, make_agent
+from test_modeling import FIXTURES, candidate, context, full_sequence_scores, left_pad, load, right_pad
+
+BACKBONES = ["gpt2", "openai-gpt", "llama"]
+
+
+@pytest.fixture(params=BACKBONES)
+def model(request):
+    return load(request.param, request.getfixturevalue(FIXTURES[request.param]))
+
+
+def ragged_batch():
+    """Contexts of 60, 3, 17 and 1 tokens (the last owns no candidate) and candidates of 2 to
+    40 tokens, owners interleaved."""
+    contexts = [context(n, 100 + n) for n in (60, 3, 17, 1)]
+    cands = [candidate(n, 200 + s) for s, n in enumerate([2, 40, 5, 1, 12, 3, 25])]
+    owner = torch.tensor([1, 0, 2, 1, 0, 2, 1])
+    return contexts, cands, owner
+
+
+def losses(model, path, contexts, cands, owner, lm_rows):
+    model.candidate_path = path
+    try:
+        return model.recipe_losses(*left_pad(contexts), owner, *right_pad(cands), lm_rows)
+    finally:
+        model.candidate_path = "packed"
+
+
+def test_rows_hold_each_context_once_and_no_padding_but_at_their_end():
+    contexts, cands, owner = ragged_batch()
+    rows = pack(*left_pad(contexts), owner, *right_pad(cands))
+    # examples: 60+40+12 = 112, 3+2+1+25 = 31, 17+5+3 = 25; context 3 (no candidate) left out
+    assert rows.tokens == 112 + 31 + 25
+    assert rows.ids.shape == (2, 112)  # the two short examples share the second row
+    # row 1: 56 real tokens, then 56 of padding that nothing real sees and that sees nothing real
+    assert not rows.allowed[1, :56, 56:].any() and not rows.allowed[1, 56:, :56].any()
+    assert rows.allowed[1, 55, :56].any() and (rows.ids[1, 56:] == 0).all()
+    # the candidates' tokens sit where the index says, in their order, after their context
+    for i, (ids, _) in enumerate(cands):
+        where = rows.cand_index[i, : len(ids)]
+        assert rows.ids.flatten()[where].tolist() == ids.tolist()
+        assert (rows.cand_index[i, len(ids):] == -1).all()
+        assert rows.positions.flatten()[where].tolist() == list(range(len(contexts[owner[i]][0]), len(contexts[owner[i]][0]) + len(ids)))
+    # a candidate token sees its context and itself so far, nothing of another candidate
+    first, second = rows.cand_index[1, 5], rows.cand_index[4, 0]  # both continue context 0
+    assert rows.allowed.flatten(0, 1)[second].sum() == 60 + 1
+    assert not rows.allowed.flatten(0, 1)[second].view(-1)[first % 112]
+
+
+def test_first_fit_fills_rows_up_to_the_longest_item():
+    assert first_fit_rows([5, 9, 4, 3], 9) == ([1, 0, 1, 2], [0, 0, 5, 0], 9)
+    assert first_fit_rows([], 0) == ([], [], 0)
+
+
+def test_packed_scores_equal_the_cached_path_and_the_whole_sequences(model):
+    contexts, cands, owner = ragged_batch()
+    every = torch.arange(len(cands))
+    with torch.no_grad():
+        packed = losses(model, "packed", contexts, cands, owner, every)
+        cached = losses(model, "cached", contexts, cands, owner, every)
+        for got, want in zip(packed, cached):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        nll, _, mc = packed
+        for i, cand in enumerate(cands):
+            want_mc, want_nll = full_sequence_scores(model, contexts[owner[i]], cand)
+            torch.testing.assert_close(mc[i], want_mc, atol=1e-5, rtol=0)
+            torch.testing.assert_close(nll[i, : len(cand[0]) - 1], want_nll, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_packed_training_losses_and_gradients_equal_the_cached_path(kind, request):
+    model = load(kind, request.getfixturevalue(FIXTURES[kind]))
+    contexts, cands, owner = ragged_batch()
+    gold = torch.tensor([4, 6, 5])  # one reply per context that owns candidates
+
+    def run(path):
+        model.zero_grad()
+        nll, argmax, mc = losses(model, path, contexts, cands, owner, gold)
+        (nll.sum() + mc.logsumexp(0)).backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad()
+        return nll.detach(), argmax, mc.detach(), grads
+
+    packed, cached = run("packed"), run("cached")
+    for got, want in zip(packed[:3], cached[:3]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert len(packed[3]) == len(cached[3]) > 0
+    for got, want in zip(packed[3], cached[3]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+# --- the agent --------------------------------------------------------------------------------
+def examples_with(tail):
+    """Real ConvAI2 messages of the shipped file, with tail(i, message) applied to each."""
+    out = []
+    for i in range(3):
+        msg = dict(first_example())
+        msg["text"] = msg["text"] + " " + "and more " * i  # three different contexts
+        out.append(Message(tail(i, msg)))
+    return out
+
+
+def ranked(agent, messages):
+    out = []
+    for m in messages:
+        agent.reset()
+        out.append(agent.observe(Message(m)))
+    agent.reset()
+    return agent.batch_act(out)
+
+
+@pytest.fixture(scope="module")
+def gpt2_agent(tiny_gpt2_dir, tmp_path_factory):
+    return make_agent(tiny_gpt2_dir, tmp_path_factory.mktemp("agent"), "--skip-generation", "true", "-bs", 3)
+
+
+def test_ranking_runs_the_lm_head_only_on_the_gold_reply_tokens(gpt2_agent):
+    """hits@1 alone reads no LM logits at all; with eval_labels, ppl needs the gold reply's
+    tokens (its words and <eos>) and nothing else."""
+    rows = []
+    head = gpt2_agent._double_heads().lm.get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[:-1].numel()))
+    try:
+        example = first_example()
+        ranked(gpt2_agent, [{k: v for k, v in example.items() if k != "eval_labels"}])
+        assert rows == []
+        ranked(gpt2_agent, [example])
+        assert rows == [len(gpt2_agent.dict.txt2vec(example["eval_labels"][0])) + 1]
+    finally:
+        handle.remove()
+
+
+def long_candidate():
+    return "so tell me more about it " * 60  # ~360 tokens, past the tiny model's 128 positions
+
+
+@pytest.mark.parametrize("first_has_candidates", [True, False])
+def test_a_ragged_batch_ranks_every_example_as_it_ranks_alone(first_has_candidates, gpt2_agent, monkeypatch):
+    """One example without candidates (or with its 20), one with 100 (an empty one among
+    them), one with a candidate longer than the model's positions (cut, with a note): no
+    crash, every example ranks exactly its own candidates, as it does alone."""
+    pool = [c for m in [first_example()] for c in m["label_candidates"]]
+
+    def tail(i, msg):
+        if i == 0 and not first_has_candidates:
+            del msg["label_candidates"]
+        elif i == 1:
+            msg["label_candidates"] = msg["label_candidates"] + [""] + [f"{c} {k}" for k in range(4) for c in pool][:79]
+        elif i == 2:
+            msg["label_candidates"] = [long_candidate()] + msg["label_candidates"][1:]
+        return msg
+
+    messages = examples_with(tail)
+    assert len(messages[1]["label_candidates"]) == 100
+    notes = []
+    monkeypatch.setattr(agents, "warn_once", notes.append)
+    together = ranked(gpt2_agent, messages)
+    alone = [ranked(gpt2_agent, [m])[0] for m in messages]
+    for m, got, want in zip(messages, together, alone):
+        if "label_candidates" not in m:
+            assert not got.get("text_candidates")
+            continue
+        assert sorted(got["text_candidates"]) == sorted(m["label_candidates"])
+        assert got["text_candidates"] == want["text_candidates"]
+        assert got["metrics"]["ppl"].value() == pytest.approx(want["metrics"]["ppl"].value(), rel=1e-5)
+    assert any(n.startswith("label candidates cut to") for n in notes)
