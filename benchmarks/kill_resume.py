@@ -267,7 +267,9 @@ def kill_resume(kind, kills, steps, work, seed=0, window=10.0, say=print):
         check_resume(log, model_file, expected)
         summary["resumed"] += expected is not None
         if finished:
+            # the run ended on its own: the rerun resumes whatever this run left on disk
             summary["finished_early"] += 1
+            expected = expected_resume(snapshot(model_file))
             break
         snap = snapshot(model_file, before)
         summary["kills"] += 1

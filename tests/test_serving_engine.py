@@ -4,6 +4,7 @@ Real agents on tiny random models (real GPT-2 tokenizer); no HTTP here except th
 API-key check, which runs the real app on uvicorn in a thread.
 """
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 
@@ -81,7 +82,14 @@ def run_jobs(agent, requests):
     async def collect(job):
         return [event async for event in job.stream()]
 
-    return asyncio.run(main())
+    return run_in_own_loop(main())
+
+
+def run_in_own_loop(coroutine):
+    """asyncio.run in a thread of its own: the session's Playwright browser keeps an event
+    loop marked running in the main thread, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def ends(events):
@@ -154,7 +162,7 @@ def test_a_cancelled_request_leaves_the_batch_and_the_others_finish(agent):
         finally:
             scheduler.stop()
 
-    short_events, health = asyncio.run(main())
+    short_events, health = run_in_own_loop(main())
     assert ends(short_events)[0]["text"] == agent_reply(agent, DIALOGUES[1])
     assert health["cancelled"] == 1 and health["completed"] == 1
     assert health["cancelled_tokens"] < 400
@@ -237,7 +245,7 @@ def test_api_key_is_required_on_the_api_but_not_for_the_page(agent):
     config = ServeConfig(model_id="tiny", defaults=defaults_from_opt(agent.opt), default_persona=PERSONA,
                          new_persona=lambda: PERSONA, random_persona=lambda: PERSONA, api_key="s3cret")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(scheduler, config), port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(scheduler, config), port=port, log_level="warning", ws="none"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -138,5 +138,7 @@ def test_shipped_adapter_scores_and_replies_as_the_artifact_it_was_converted_fro
     after = dev_outputs.dump(model_file, str(tmp_path), num_examples=len(before["examples"]), batchsize=4)
     result = dev_outputs.compare(before, after)
     assert result["examples"] == 4 and result["candidates"] == 80
-    assert result["max_abs_score_diff"] <= 1e-5 and result["max_abs_gold_nll_diff"] <= 1e-5, result
+    # float32 sums over a 135M model in another thread count's order: CI measured 3.4e-5 on
+    # a gold NLL; a wrong adapter (scale, target module, merge) moves them by 1e-2 and more
+    assert result["max_abs_score_diff"] <= 1e-4 and result["max_abs_gold_nll_diff"] <= 1e-4, result
     assert result["different_replies"] == [] and result["same_top_candidate"] == 4

@@ -135,7 +135,11 @@ class ServeTransfertransfo(ParlaiScript):
             url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
             print(f"serving {config.model_id} at {url}/ (chat page) and {url}/v1 (OpenAI-compatible API); "
                   "Ctrl-C stops", flush=True)
-            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+            # ws="none": the server streams over HTTP (server-sent events) and needs no
+            # websockets; uvicorn's "auto" would import whichever `websockets` is installed,
+            # and the crowd extra's Mephisto pins one (10.4) too old for uvicorn 0.54.
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3,
+                                                   ws="none"))
             server.run(sockets=[sock])
         finally:
             sock.close()
