@@ -223,8 +223,9 @@ def test_one_evaluation_pass_gives_the_ppl_and_ranking_of_separate_passes(rank_b
     assert together["text_candidates"] != example["label_candidates"]  # really ranked
 
 
-def uncached_greedy(model, ids, types, reply_type, special, steps):
-    """The original recipe's decoding loop: re-run the whole sequence for every token."""
+def uncached_greedy(model, ids, types, reply_type, special, steps, no_repeat=False):
+    """The original recipe's decoding loop: re-run the whole sequence for every token;
+    `no_repeat`: no token twice (ParlAI's --beam-block-ngram 1)."""
     ids, types, out = list(ids) + [special.speaker1], list(types) + [reply_type], []
     banned = [special.bos, special.speaker1, special.speaker2, special.pad]
     for step in range(steps):
@@ -233,6 +234,8 @@ def uncached_greedy(model, ids, types, reply_type, special, steps):
         logits[banned] = float("-inf")
         if step == 0:
             logits[special.eos] = float("-inf")  # minimum length 1
+        if no_repeat:
+            logits[out] = float("-inf")
         token = int(logits.argmax())
         if token == special.eos:
             break
