@@ -6,18 +6,20 @@ from conftest import teacher
 
 
 def evaluate(agent, *task_args, num_examples=None):
-    """{"exs", "hits@1", "ppl"} of `agent` on the teacher that `task_args` (-t ... -dt ...)
-    name: hits@1 from each reply's top candidate, ppl from the gold replies' summed token
-    losses, as ParlAI pools them."""
+    """{"exs", "hits@1", "hits@5", "hits@10", "ppl"} of `agent` on the teacher that
+    `task_args` (-t ... -dt ...) name: hits@k from the gold reply's place among each
+    reply's ranked candidates, ppl from the gold replies' summed token losses, as ParlAI
+    pools them."""
     from parlai.core.message import Message
 
     examples = teacher(*map(str, task_args))
     n = examples.num_examples() if num_examples is None else num_examples
-    hits, nll, tokens = 0, 0.0, 0
+    hits, nll, tokens = {1: 0, 5: 0, 10: 0}, 0.0, 0
     for _ in range(n):
         message = dict(examples.act())
         reply = agent.batch_act([agent.observe(Message(message))])[0]
         agent.self_observe(reply)
-        hits += reply["text_candidates"][0] == message["eval_labels"][0]
+        for k in hits:
+            hits[k] += message["eval_labels"][0] in reply["text_candidates"][:k]
         nll, tokens = nll + float(reply["metrics"]["loss"]._numer), tokens + int(reply["metrics"]["loss"]._denom)
-    return {"exs": n, "hits@1": hits / n, "ppl": math.exp(nll / tokens)}
+    return {"exs": n, **{f"hits@{k}": h / n for k, h in hits.items()}, "ppl": math.exp(nll / tokens)}

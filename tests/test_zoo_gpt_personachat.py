@@ -214,7 +214,8 @@ def test_eval_model_on_the_zoo_entry_scores_like_the_original_checkpoint(zoo_dat
     agent.model.double_heads = DoubleHeads(release[1]).eval()
     want = evaluate(agent, *task, "-dt", "valid", num_examples=8)
     assert final["exs"] == 8
-    assert final["hits@1"] == pytest.approx(want["hits@1"], abs=1e-4)  # reports: 4 digits
+    for metric in ("hits@1", "hits@5", "hits@10"):  # this tiny release ranks by its MC head
+        assert final[metric] == pytest.approx(want[metric], abs=1e-4), metric  # reports: 4 digits
     assert final["ppl"] == pytest.approx(want["ppl"], rel=6e-4)
 
 
