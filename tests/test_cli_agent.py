@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from conftest import TEST_DATA
+from conftest import TEST_DATA, free_port, teacher
+from parlai_transfertransfo import inputs
 
 PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
 CONVAI2_800 = os.path.join(TEST_DATA, "convai2", "valid_self_original_800.txt")
@@ -75,8 +76,34 @@ def test_training_lowers_the_loss_and_learns_to_rank(trained):
         assert os.path.exists(model_file[: -len("model")] + name)
 
 
-def test_eval_on_convai2_reports_hits_f1_and_ppl(trained, six_dialogs, tmp_path):
-    """`parlai eval_model -t convai2` with ParlAI's own teacher, installed offline."""
+@pytest.fixture(scope="module")
+def eval_six(trained, six_dialogs, tmp_path_factory):
+    """`eval_model` of the trained model on the six dialogs (convai2_file), batches of 8."""
+    model_file, _ = trained
+    return reports(parlai("eval_model", "-mf", model_file, "-t", "convai2_file", "--convai2-file", six_dialogs,
+                          "--valid-split", 0, "--datapath", tmp_path_factory.mktemp("eval"),
+                          "--skip-generation", "true", "-bs", 8))[-1]
+
+
+def f1(guess, answer):
+    """Word-overlap F1 after ParlAI's normalisation (lower case, no punctuation or articles)."""
+    def words(text):
+        text = re.sub(r"\b(a|an|the)\b", " ", re.sub(r"[^\w\s]", " ", text.lower()))
+        return text.split()
+
+    from collections import Counter
+
+    common = sum((Counter(words(guess)) & Counter(words(answer))).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(words(guess)), common / len(words(answer))
+    return 2 * precision * recall / (precision + recall)
+
+
+def test_eval_on_convai2_reports_hits_f1_and_ppl(trained, six_dialogs, eval_six, tmp_path):
+    """`parlai eval_model -t convai2` with ParlAI's own teacher, installed offline: the same
+    hits@1 and ppl as our convai2_file teacher on the same dialogs, and an f1 that is the
+    mean word F1 of its (greedy, no word twice) replies against the gold ones."""
     model_file, _ = trained
     source = tmp_path / "convai2"
     source.mkdir()
@@ -85,43 +112,98 @@ def test_eval_on_convai2_reports_hits_f1_and_ppl(trained, six_dialogs, tmp_path)
     out = parlai(
         "eval_model", "-mf", model_file, "-t", "convai2", "-dt", "valid",
         "--datapath", tmp_path / "data", "-bs", 8, "--inference", "greedy", "--skip-generation", "false",
+        "--beam-block-ngram", 1,  # greedy alone says ". . . ." here, whose F1 is 0
+        "--world-logs", tmp_path / "log.jsonl",
     )
     final = reports(out)[-1]
     assert final["exs"] == 43  # every utterance of the six dialogs
     assert final["hits@1"] > 0.3  # chance is 0.05: the MC head has learnt the gold replies
-    assert 1.0 < final["ppl"] < 1000.0
-    assert 0.0 <= final["f1"] <= 1.0 and final["gen_n_toks"] > 0
+    for metric in ("hits@1", "hits@5", "loss", "ppl"):
+        assert final[metric] == pytest.approx(eval_six[metric], rel=1e-4), metric
+    with open(tmp_path / "log.jsonl") as f:
+        turns = [turn for line in f for turn in json.loads(line)["dialog"]]
+    pairs = [(reply["text"], gold["eval_labels"][0]) for gold, reply in turns]
+    assert len(pairs) == 43
+    assert final["f1"] == pytest.approx(sum(f1(r, g) for r, g in pairs) / 43, abs=1e-4)  # reports: 4 digits
+    assert final["f1"] > 0 and final["gen_n_toks"] > 0
 
 
-def test_scores_do_not_depend_on_batch_composition(trained, six_dialogs, tmp_path):
+def test_scores_do_not_depend_on_batch_composition(trained, six_dialogs, eval_six, tmp_path):
     model_file, _ = trained
-    common = ["-mf", model_file, "-t", "convai2_file", "--convai2-file", six_dialogs,
-              "--valid-split", 0, "--datapath", tmp_path, "--skip-generation", "true"]
-    one = reports(parlai("eval_model", *common, "-bs", 1))[-1]
-    eight = reports(parlai("eval_model", *common, "-bs", 8))[-1]
+    one = reports(parlai("eval_model", "-mf", model_file, "-t", "convai2_file", "--convai2-file", six_dialogs,
+                         "--valid-split", 0, "--datapath", tmp_path, "--skip-generation", "true", "-bs", 1))[-1]
     for metric in ("hits@1", "hits@5", "loss", "ppl", "token_acc"):
-        assert one[metric] == pytest.approx(eight[metric], rel=1e-4), metric
+        assert one[metric] == pytest.approx(eval_six[metric], rel=1e-4), metric
 
 
 def test_rank_by_lm_ranks_with_the_language_model(trained, six_dialogs, tmp_path):
+    """`--rank-by lm` through the command line: hits@1 is that of the candidates with the
+    lowest mean LM loss, each computed here as a whole sequence, and not the MC head's."""
+    from parlai.core.agents import create_agent_from_model_file
+    from parlai.core.message import Message
+
+    from test_agent import whole_sequence_scores
+
     model_file, _ = trained
-    out = parlai("eval_model", "-mf", model_file, "-t", "convai2_file", "--convai2-file", six_dialogs,
-                 "--valid-split", 0, "--datapath", tmp_path, "--skip-generation", "true",
-                 "--rank-by", "lm", "-bs", 8)
-    assert reports(out)[-1]["hits@1"] > 0.05
+    task = ["-t", "convai2_file", "--convai2-file", six_dialogs, "--valid-split", "0", "--datapath", str(tmp_path)]
+    out = parlai("eval_model", "-mf", model_file, *task, "--skip-generation", "true", "--rank-by", "lm",
+                 "-bs", 1, "--num-examples", 16)  # the first 16 examples, in order
+    agent = create_agent_from_model_file(model_file, {"datapath": str(tmp_path)})
+    dialogs = teacher(*task, "-dt", "valid")
+    by_lm, by_mc = [], []
+    for _ in range(16):
+        message = dict(dialogs.act())
+        scores = whole_sequence_scores(agent, agent.observe(Message(message)))
+        by_lm.append(min(scores, key=lambda c: scores[c][1]) == message["eval_labels"][0])
+        by_mc.append(max(scores, key=lambda c: scores[c][0]) == message["eval_labels"][0])
+        agent.self_observe(Message({}))
+    final = reports(out)[-1]
+    assert final["exs"] == 16
+    assert final["hits@1"] == pytest.approx(sum(by_lm) / 16, abs=1e-4)  # reports: 4 digits
+    assert sum(by_lm) != sum(by_mc)
 
 
 def test_interactive_answers_each_piped_line_and_exits(trained):
+    """Each piped line gets the reply the recipe's own decoding loop gives (greedy, no
+    cache, no token twice) for the tutorial persona and the dialogue so far, with every
+    line tokenized as plain text by GPT-2's tokenizer, which has no <eos>, <speaker2> or
+    <bos>: typed, they are text, never control tokens. Read as control tokens, the last
+    line would get another reply."""
+    from parlai.core.agents import create_agent_from_model_file
+
+    from conftest import gpt2_tokenizer
+    from parlai_transfertransfo.agents import DEFAULT_PERSONA
+    from test_agent import uncached_greedy
+
     model_file, _ = trained
+    lines = ["hi! how are you today?", "what do you do? <eos> <speaker2> <bos>"]
     out = parlai(
         "interactive", "-mf", model_file, "--inference", "greedy", "--skip-generation", "false",
-        stdin="hi! how are you today?\nwhat do you do? <eos> <speaker2> <bos>\n",
-        timeout=300,
+        "--beam-block-ngram", 1,  # greedy alone says ". . . ." to anything here
+        stdin="".join(line + "\n" for line in lines), timeout=300,
     )
     replies = re.findall(r"\[Transfertransfo\]: (.*)", out)
-    assert len(replies) == 2
-    assert all(reply.strip() for reply in replies)  # never blank (minimum length 1)
     assert "CHAT DONE" in out
+
+    agent = create_agent_from_model_file(model_file, {})
+    plain, special, said = gpt2_tokenizer(), agent.special, []
+    persona = [plain.encode(sentence) for sentence in DEFAULT_PERSONA]
+    heads = agent.model.double_heads.eval()
+
+    def reply_to(history):
+        ids, types, reply_type = inputs.build_prefix(persona, history, special)
+        return uncached_greedy(heads, ids, types, reply_type, special, 20, no_repeat=True)
+
+    for line in lines:
+        said.append(plain.encode(line))
+        reply = reply_to(said)
+        assert reply  # never blank (minimum length 1)
+        assert replies.pop(0).strip() == plain.decode(reply).strip()
+        said.append(plain.encode(plain.decode(reply)))  # the reply enters the history as text
+    assert replies == []
+    as_control = agent.dict.hf_tokenizer.encode(lines[1], add_special_tokens=False, split_special_tokens=False)
+    assert {special.eos, special.speaker2, special.bos} <= set(as_control)
+    assert reply_to(said[:-2] + [as_control]) != reply_to(said[:-1])
 
 
 def test_multiprocessing_train_runs_two_cpu_workers(tiny_gpt2_dir, six_dialogs, tmp_path):
@@ -130,7 +212,7 @@ def test_multiprocessing_train_runs_two_cpu_workers(tiny_gpt2_dir, six_dialogs, 
         "-t", "convai2_file", "--convai2-file", six_dialogs, "--valid-split", 0,
         "-mf", tmp_path / "model", "--datapath", tmp_path / "data", "-bs", 4,
         "--num-epochs", 1, "--skip-generation", "true", "--distributed-world-size", 2,
-        "--port", 0 if False else 61000 + os.getpid() % 3000,
+        "--port", free_port(),
     )
     assert os.path.exists(tmp_path / "model")
     final = reports(out)[-1]
@@ -157,3 +239,7 @@ def test_missing_model_file_is_one_clear_line(tmp_path):
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"parlai: the model file {tmp_path}/missing/model does not exist: check --model-file "
+        "(zoo models are named like zoo:transfertransfo/<entry>/model)"
+    )

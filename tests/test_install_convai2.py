@@ -191,13 +191,6 @@ def test_malformed_file_is_one_line_naming_file_and_line(tmp_path):
     assert not datapath.exists()
 
 
-def _guard_wired():
-    from parlai_transfertransfo import compat
-
-    return "parlai.tasks.convai2.agents" in compat.PATCHES
-
-
-@pytest.mark.skipif(not _guard_wired(), reason="data.convai2.guard_convai2_teachers is not in compat.PATCHES yet")
 def test_a_variant_that_is_not_installed_is_one_line(tmp_path):
     src = tmp_path / "mine"
     src.mkdir()

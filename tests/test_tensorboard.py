@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import run_parlai
-from test_cli_agent import first_dialogs
+from test_cli_agent import first_dialogs, reports
 
 
 def scalars(logdir):
@@ -35,19 +35,25 @@ def trained_with_tblog(tmp_path_factory, tiny_llama_dir):
         "--validation-every-n-steps", 2, "--validation-metric", "hits@1",
     )
     assert rc == 0, output[-3000:]
-    return str(out / "model"), dialogs, out
+    return str(out / "model"), dialogs, out, output
 
 
 def test_train_model_logs_training_and_validation_metrics(trained_with_tblog):
-    model_file, _, _ = trained_with_tblog
+    """Each validation's hits@1, ppl and wppl, as the printed reports give them."""
+    model_file, _, _, output = trained_with_tblog
     found = scalars(model_file + ".tensorboard")  # ParlAI's default --tensorboard-logdir
     for tag in ("hits_1/valid", "ppl/valid", "wppl/valid", "ppl/train", "wppl/train"):
         assert found.get(tag), (tag, sorted(found))
-    assert 0 <= found["hits_1/valid"][-1] <= 1 and found["wppl/valid"][-1] > found["ppl/valid"][-1] > 1
+    printed = [r for r in reports(output) if "hits@1" in r and "wppl" in r]
+    for tag, metric in (("hits_1/valid", "hits@1"), ("ppl/valid", "ppl"), ("wppl/valid", "wppl")):
+        values = [r[metric] for r in printed]
+        for logged in found[tag]:  # the reports print 4 significant digits
+            assert any(logged == pytest.approx(v, rel=1e-3) for v in values), (tag, logged, values)
+    assert found["wppl/valid"][-1] > found["ppl/valid"][-1]
 
 
 def test_eval_model_logs_its_report(trained_with_tblog):
-    model_file, dialogs, out = trained_with_tblog
+    model_file, dialogs, out, _ = trained_with_tblog
     rc, output = run_parlai(
         "eval_model", "-mf", model_file, "-t", "convai2_file", "--convai2-file", dialogs, "--valid-split", 1,
         "-dt", "valid", "--datapath", out / "data", "--skip-generation", "true", "-bs", 4,
@@ -55,12 +61,14 @@ def test_eval_model_logs_its_report(trained_with_tblog):
     )
     assert rc == 0, output[-3000:]
     found = scalars(out / "eval_tb")
-    for tag in ("hits_1/valid", "ppl/valid", "wppl/valid"):
+    final = reports(output)[-1]
+    for tag, metric in (("hits_1/valid", "hits@1"), ("ppl/valid", "ppl"), ("wppl/valid", "wppl")):
         assert len(found.get(tag, [])) == 1, (tag, sorted(found))
+        assert found[tag][0] == pytest.approx(final[metric], rel=1e-3), tag  # reports: 4 digits
 
 
 def test_an_unwritable_log_directory_is_one_line(trained_with_tblog):
-    model_file, dialogs, out = trained_with_tblog
+    model_file, dialogs, out, _ = trained_with_tblog
     (out / "a_file").write_text("not a directory\n")
     rc, output = run_parlai(
         "eval_model", "-mf", model_file, "-t", "convai2_file", "--convai2-file", dialogs, "--valid-split", 1,

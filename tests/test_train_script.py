@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+
+from conftest import REPO, TEST_DATA
+
+CONVAI2_800 = os.path.join(TEST_DATA, "convai2", "valid_self_original_800.txt")
 
 SCRIPT = os.path.join(REPO, "zoo", "transfertransfo", "train_smollm2_135m.sh")
 SHIPPED = os.path.join(REPO, "zoo", "transfertransfo", "smollm2_135m_adapter")
@@ -29,13 +33,31 @@ def test_training_script_writes_an_artifact_and_both_dev_reports(tiny_llama_dir,
                       "--rank", 2, "--out", tmp_path / "run")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert _sha(SHIPPED) == shipped  # a smoke run never replaces the shipped adapter
-    assert os.path.getsize(tmp_path / "run" / "adapter" / "adapter_model.safetensors") > 0
-    for name in ("dev_finetuned.json", "dev_baseline.json"):
-        with open(tmp_path / "run" / name) as f:
-            report = json.load(f)["report"]
-        assert report["exs"] == 8 and 0 <= report["hits@1"] <= 1, name
-    with open(tmp_path / "run" / "dev_finetuned.json") as f:
-        assert "f1" in json.load(f)["report"]  # greedy replies were generated
+    reports = {}
+    for name in ("dev_finetuned", "dev_baseline"):
+        with open(tmp_path / "run" / f"{name}.json") as f:
+            reports[name] = json.load(f)
+        assert reports[name]["report"]["exs"] == 8, name
+    assert "f1" in reports["dev_finetuned"]["report"]  # greedy replies were generated
+    baseline = reports["dev_baseline"]["opt"]  # the backbone as it comes, ranking by LM likelihood
+    assert (baseline["model_name"], baseline["rank_by"], baseline.get("model_file")) == (tiny_llama_dir, "lm", None)
+
+    # the fine-tuned report describes the adapter written: a model built from it scores
+    # the same dev examples (eval_model's, in this process: 8 examples, batches of 8) the same
+    from parlai.core.metrics import Metric
+    from parlai.scripts.eval_model import EvalModel
+
+    from parlai_transfertransfo.zoo.transfertransfo.smollm2_135m import build
+
+    model_file = build(str(tmp_path / "zoo"), str(tmp_path / "run" / "adapter"))
+    report = EvalModel.main("-mf", model_file, "-t", "convai2_file", "--convai2-file", CONVAI2_800,
+                            "--valid-split", "100", "-dt", "valid", "--datapath", str(tmp_path / "zoo"),
+                            "--num-examples", "8", "-bs", "8", "--skip-generation", "true")
+    report = {k: v.value() if isinstance(v, Metric) else v for k, v in report.items()}
+    finetuned = reports["dev_finetuned"]["report"]
+    assert report["exs"] == 8
+    assert finetuned["hits@1"] == pytest.approx(report["hits@1"], abs=1e-4)
+    assert finetuned["ppl"] == pytest.approx(report["ppl"], rel=6e-4)  # reports: 4 digits
 
 
 def test_training_script_refuses_bad_arguments_in_one_line(tmp_path):

@@ -198,15 +198,25 @@ def test_interactive_says_what_the_original_checkpoint_says(zoo_datapath, releas
     assert replies == [want]
 
 
-def test_eval_model_runs_on_the_zoo_entry(zoo_datapath):
-    proc = parlai(
-        "eval_model", "-mf", ENTRY, "--datapath", zoo_datapath, "-t", "convai2_file",
-        "--convai2-file", CONVAI2_800, "--valid-split", 0, "--num-examples", 8, "-bs", 4,
-        "--skip-generation", "true",
-    )
+def test_eval_model_on_the_zoo_entry_scores_like_the_original_checkpoint(zoo_datapath, release):
+    """eval_model's hits@1 and ppl on the converted entry are those of the release's own
+    transformers model, put in the agent's place and evaluated here on the same examples
+    (one at a time: batches would take the first example of 4 dialogs instead)."""
+    from eval_helpers import evaluate
+    from parlai_transfertransfo.modeling import DoubleHeads
+
+    task = ["-t", "convai2_file", "--convai2-file", CONVAI2_800, "--valid-split", 0, "--datapath", zoo_datapath]
+    proc = parlai("eval_model", "-mf", ENTRY, *task, "--num-examples", 8, "-bs", 1, "--skip-generation", "true")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     final = [json.loads(l) for l in (proc.stdout + proc.stderr).splitlines() if l.startswith("{")][-1]
-    assert final["exs"] == 8 and 0.0 <= final["hits@1"] <= 1.0 and final["ppl"] > 1.0
+    model_file = os.path.join(zoo_datapath, "models", "transfertransfo", "gpt_personachat", "model")
+    agent = _agent(model_file, datapath=zoo_datapath, skip_generation=True)
+    agent.model.double_heads = DoubleHeads(release[1]).eval()
+    want = evaluate(agent, *task, "-dt", "valid", num_examples=8)
+    assert final["exs"] == 8
+    for metric in ("hits@1", "hits@5", "hits@10"):  # this tiny release ranks by its MC head
+        assert final[metric] == pytest.approx(want[metric], abs=1e-4), metric  # reports: 4 digits
+    assert final["ppl"] == pytest.approx(want["ppl"], rel=6e-4)
 
 
 def test_archive_extracted_to_a_folder_converts_too(release, tmp_path):

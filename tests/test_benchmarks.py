@@ -1,0 +1,73 @@
+"""benchmarks/: every comparison checks that its sides compute the same thing before it
+times them, and a pair that disagrees stops with an error, never a ratio.
+
+`python -m benchmarks` runs here on the tiny random GPT-2 standing in for gpt2-small (its
+124M weights would take minutes on these CPUs); the code paths are those of a real run.
+"""
+import pytest
+import torch
+
+from benchmarks import common, decoding, ranking, run, training
+
+# bench -> (module, its reference side: the original recipe's algorithm, a disagreeing
+# version of it, the error it must stop with)
+REFERENCES = {
+    "P1": (decoding, "no_cache_loop", lambda tokens: tokens[:-1] + [tokens[-1] + 1], "loops disagree"),
+    "P2": (ranking, "full_sequence_scores", lambda scores: scores + torch.eye(len(scores))[3] * 1e-3,
+           "scores differ"),
+    "P3": (training, "plain_losses", lambda losses: (losses[0] * 1.001, losses[1]), "losses differ"),
+}
+
+
+class Bench:
+    """`python -m benchmarks --only NAME` (run.main, in this process) with its reference
+    side and its timing spied on: `events` lists them in the order they ran."""
+
+    def __init__(self, monkeypatch, workdir, capsys):
+        self.monkeypatch, self.workdir, self.capsys = monkeypatch, workdir, capsys
+        self.events, self.out = [], ""
+
+    def run(self, name, disagree=False):
+        module, reference, change, _ = REFERENCES[name]
+        original_side, original_timing = getattr(module, reference), module.interleaved
+
+        def side(*args, **kwargs):
+            self.events.append("reference")
+            result = original_side(*args, **kwargs)
+            return change(result) if disagree else result
+
+        def timing(*args, **kwargs):
+            self.events.append("timing")
+            return original_timing(*args, **kwargs)
+
+        self.monkeypatch.setattr(module, reference, side)
+        self.monkeypatch.setattr(module, "interleaved", timing)
+        try:
+            run.main(["--model", "gpt2-small", "--only", name, "--reps", "1", "--train-batch-size", "2",
+                      "--workdir", str(self.workdir)])
+        finally:
+            self.out = self.capsys.readouterr().out
+
+
+@pytest.fixture
+def bench(tiny_gpt2_dir, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(common, "gpt2_small_dir", lambda workdir: tiny_gpt2_dir)
+    return Bench(monkeypatch, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("name", ["P1", "P2", "P3"])
+def test_each_benchmark_checks_its_sides_agree_before_timing_them(name, bench):
+    bench.run(name)
+    assert bench.events[0] == "reference" and "timing" in bench.events  # the check, then the clock
+    tables = {"P2": ["P2 real data", "P2 one context"]}.get(name, [name])  # P2: two tables
+    for table in tables:
+        assert f"| {table} | gpt2-small" in bench.out
+    assert "| ratio " in bench.out
+
+
+@pytest.mark.parametrize("name", ["P1", "P2", "P3"])
+def test_a_benchmark_whose_sides_disagree_stops_with_an_error_and_no_ratio(name, bench):
+    with pytest.raises(AssertionError, match=REFERENCES[name][3]):
+        bench.run(name, disagree=True)
+    assert bench.events == ["reference"]  # checked once, never timed
+    assert "ratio" not in bench.out
