@@ -63,10 +63,10 @@ def evaluate(opt, agent, batchsize, cache):
     return sorted(out)
 
 
-def assert_same(a, b):
+def assert_same(a, b, tolerance=1e-5):
     assert [(x[0], x[1], [t for t, _ in x[2]]) for x in a] == [(x[0], x[1], [t for t, _ in x[2]]) for x in b]
     scores = lambda r: torch.tensor([s for x in r for s in [x[3]] + [s for _, s in x[2]]])  # noqa: E731
-    torch.testing.assert_close(scores(a), scores(b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scores(a), scores(b), rtol=tolerance, atol=tolerance)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,10 @@ def test_bf16_replies_equal_with_and_without_the_cache(tiny_llama_dir, chats_fil
     cache = PersonaCache()
     cached = evaluate(opt, agent, 2, cache)
     assert cache.hits > 0 and all(key[2] == torch.bfloat16 for key in cache.entries)
-    assert_same(cached, evaluate(opt, agent, 2, None))
+    # bf16 kernels round differently for a persona run alone than inside the whole context:
+    # a beam score of -52.7 moved by 3e-3 (rel 6e-5) on CI's CPU; stale or misplaced
+    # keys/values move them by 1e-1 and more
+    assert_same(cached, evaluate(opt, agent, 2, None), tolerance=1e-3)
     agent.opt["bf16"] = False  # the same chats in float32 beam search, the bf16 entries still there
     assert_same(evaluate(opt, agent, 2, cache), evaluate(opt, agent, 2, None))
 
