@@ -84,7 +84,7 @@ install_test() {
       { say "could not install Debian's chromium and chromium-driver"; exit 1; }
   fi
 }
-check_test='import pytest, pexpect, playwright'
+check_test='import pytest, xdist, pexpect, playwright'
 
 # ---------------------------------------------------------------------------- driver
 complete() {  # complete NAME: is the stamped part there and importable?

@@ -156,7 +156,8 @@ setup(
         # ParlAI's -tblog writes with tensorboardX (<=2.5 in its pins: protobuf 3 only); tensorboard reads
         "tensorboard": ["tensorboardX>=2.6", "tensorboard"],
         # openai: the official client, to test the OpenAI-compatible API with a real client
-        "test": ["pytest", "pexpect", "playwright", "openai==3.57.0"],
+        # pytest-xdist: the suite runs on both of CI's cores (-n 2, a file per worker)
+        "test": ["pytest", "pytest-xdist>=3.5", "pexpect", "playwright", "openai==3.57.0"],
     },
     cmdclass=cmdclass,
 )
