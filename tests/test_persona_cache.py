@@ -103,7 +103,7 @@ def test_bf16_replies_equal_with_and_without_the_cache(tiny_llama_dir, chats_fil
     cached = evaluate(opt, agent, 2, cache)
     assert cache.hits > 0 and all(key[2] == torch.bfloat16 for key in cache.entries)
     # bf16 kernels round differently for a persona run alone than inside the whole context:
-    # a beam score of -52.7 moved by 3e-3 (rel 6e-5) on CI's CPU; stale or misplaced
+    # a beam score of -52.7 moved by 3e-3 (rel 6e-5) in a full-suite run; stale or misplaced
     # keys/values move them by 1e-1 and more
     assert_same(cached, evaluate(opt, agent, 2, None), tolerance=1e-3)
     agent.opt["bf16"] = False  # the same chats in float32 beam search, the bf16 entries still there
