@@ -21,6 +21,7 @@ from parlai_transfertransfo import (
 from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
 from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
 from parlai_transfertransfo.history import RecipeHistory
+from parlai_transfertransfo.modeling import left_pad
 from parlai_transfertransfo.parlai_model import TransfertransfoModel
 
 registration.install()  # compat patches, also when running from a source checkout
@@ -205,23 +206,13 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             obs["full_text_vec"] = torch.LongTensor(history.get_history_vec())
         return obs
 
-    def _left_pad(self, vecs, pad):
-        width = max(len(v) for v in vecs)
-        out = torch.full((len(vecs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(vecs), width), dtype=torch.long)
-        for i, v in enumerate(vecs):
-            if len(v):
-                out[i, width - len(v):] = torch.as_tensor(v)
-                mask[i, width - len(v):] = 1
-        return out, mask
-
     def batchify(self, obs_batch, sort=False):
         batch = super().batchify(obs_batch, sort=False)
         if batch.text_vec is None:
             return batch
         valid = [obs_batch[i] for i in batch.valid_indices]
-        batch.text_vec, batch.text_mask = self._left_pad([o["text_vec"] for o in valid], self.special.pad)
-        batch.text_types, _ = self._left_pad([o["text_types"] for o in valid], self.special.pad)
+        batch.text_vec, batch.text_mask = left_pad([o["text_vec"] for o in valid], self.special.pad)
+        batch.text_types, _ = left_pad([o["text_types"] for o in valid], self.special.pad)
         batch.reply_type = torch.tensor([o["reply_type"] for o in valid], dtype=torch.long)
         batch.segments = [(o["tt_persona"], o["tt_history"]) for o in valid]
         batch.candidates = [o.get("label_candidates") for o in valid]
@@ -308,8 +299,8 @@ class TransfertransfoAgent(TorchGeneratorAgent):
                     owner.append(len(contexts))
                 contexts.append((ids, types))
         dev = batch.text_vec.device
-        ids, mask = self._left_pad([c[0] for c in contexts], special.pad)
-        types, _ = self._left_pad([c[1] for c in contexts], special.pad)
+        ids, mask = left_pad([c[0] for c in contexts], special.pad)
+        types, _ = left_pad([c[1] for c in contexts], special.pad)
         lengths = torch.tensor([len(c) for c, _ in cands])
         cand_ids = torch.full((len(cands), int(lengths.max())), special.pad, dtype=torch.long)
         cand_types = torch.full_like(cand_ids, special.pad)

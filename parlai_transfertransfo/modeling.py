@@ -48,6 +48,19 @@ def lm_class_for(config):
     return transformers.AutoModelForCausalLM
 
 
+def left_pad(rows, pad):
+    """(padded [B, W], mask [B, W]) of id lists, right-aligned: the LEFT padding every
+    cached prefix here expects (padding is `pad`, masked out)."""
+    width = max(len(r) for r in rows)
+    padded = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            padded[i, width - len(r):] = torch.as_tensor(r)
+            mask[i, width - len(r):] = 1
+    return padded, mask
+
+
 @dataclass(frozen=True)
 class Prefix:
     """Contexts already run through the model, ready to be continued.

@@ -18,7 +18,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from parlai_transfertransfo.modeling import Prefix
+from parlai_transfertransfo.modeling import Prefix, left_pad
 
 DEFAULT_MAX_MIB = 128
 
@@ -114,14 +114,8 @@ def _real(ids, types, mask):
 
 def _left_pad(rows, device):
     """(ids, types, mask) [B, W] of (ids, types) lists, padded on the left (masked zeros)."""
-    width = max(len(r[0]) for r in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    types, mask = torch.zeros_like(ids), torch.zeros_like(ids)
-    for i, (r_ids, r_types) in enumerate(rows):
-        if r_ids:
-            ids[i, width - len(r_ids):] = torch.tensor(r_ids)
-            types[i, width - len(r_types):] = torch.tensor(r_types)
-            mask[i, width - len(r_ids):] = 1
+    ids, mask = left_pad([r[0] for r in rows], 0)
+    types, _ = left_pad([r[1] for r in rows], 0)
     return ids.to(device), types.to(device), mask.to(device)
 
 
@@ -132,7 +126,8 @@ def _right_aligned(kvs, lengths, device):
     batch, width = len(kvs), max(lengths)
     mask = torch.zeros((batch, width), dtype=torch.long, device=device)
     for i, p in enumerate(lengths):
-        mask[i, width - p:] = 1 if p else 0
+        if p:
+            mask[i, width - p:] = 1
     kv = None
     sample = next((row for row in kvs if row is not None), None)
     if sample is not None:

@@ -140,6 +140,14 @@ class _ModuleWith:
         return self._replaced.get(name) or getattr(self._module, name)
 
 
+def stop_if_running(process):
+    """A launch a failed test left running is killed and reaped (the test then checks that
+    nothing it started survives)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def descendants(pid):
     """Every live process whose ancestry leads to pid (from /proc)."""
     children = {}

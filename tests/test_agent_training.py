@@ -31,6 +31,19 @@ def training_examples(n):
                 return examples
 
 
+def recipe_batch_of(agent, batch):
+    """The tensors compute_loss hands the model's forward for this batch."""
+    seen = []
+    forward = agent.model.forward
+    agent.model.forward = lambda *recipe_batch: seen.append(recipe_batch) or forward(*recipe_batch)
+    try:
+        with torch.no_grad():
+            agent.compute_loss(batch)
+    finally:
+        agent.model.forward = forward
+    return seen[0]
+
+
 def observed(agent, examples):
     """The agent's observation of each example, each a conversation of its own."""
     observations = []
@@ -109,12 +122,7 @@ def test_examples_without_candidates_take_distractors_from_the_rest_of_the_batch
     for example in examples:
         del example["label_candidates"]
     batch = training_batch(agent, examples)
-    seen = []
-    forward = agent.model.forward
-    agent.model.forward = lambda *recipe_batch: seen.append(recipe_batch) or forward(*recipe_batch)
-    with torch.no_grad():
-        agent.compute_loss(batch)
-    ids, types, mask, owner, cand_ids, cand_types, lengths, gold_rows = seen[0]
+    ids, types, mask, owner, cand_ids, cand_types, lengths, gold_rows = recipe_batch_of(agent, batch)
     cands = [agent.dict.vec2txt(cand_ids[j, 1 : lengths[j] - 1].tolist()) for j in range(len(owner))]
     labels = [e["labels"][0] for e in examples]
     for i, label in enumerate(labels):
@@ -131,12 +139,7 @@ def test_personality_permutations_train_every_rotation_and_report_once_per_examp
     examples = training_examples(2)
     agent = make_agent(tiny_gpt2_dir, tmp_path, "--personality-permutations", 2, "--num-candidates", 2)
     batch = training_batch(agent, examples)
-    seen = []
-    forward = agent.model.forward
-    agent.model.forward = lambda *recipe_batch: seen.append(recipe_batch) or forward(*recipe_batch)
-    with torch.no_grad():
-        agent.compute_loss(batch)
-    ids, types, mask = seen[0][:3]
+    ids, types, mask = recipe_batch_of(agent, batch)[:3]
     contexts = [ids[r][mask[r].bool()].tolist() for r in range(ids.size(0))]
     assert len(contexts) == 4  # example-major: (example 0, rotations 0 and 1), (example 1, ...)
     for e, (persona, history) in enumerate(batch.segments):

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from conftest import PARLAI, REPO, free_port
-from crowd_helpers import descendants, processes_in, wait_until
+from crowd_helpers import descendants, processes_in, stop_if_running, wait_until
 
 LAUNCH = [sys.executable, "-m", "parlai_transfertransfo.crowdsourcing.acute_eval"]
 CHATS = 2  # conversations per model, each judged once per question
@@ -210,9 +210,7 @@ def test_workers_in_chromium_judge_and_the_results_report_exactly_their_choices(
         assert launch.wait(120) == 0, log_path.read_text()[-3000:]
     finally:
         context.close()
-        if launch.poll() is None:
-            launch.kill()
-            launch.wait()
+        stop_if_running(launch)
     assert not descendants(launch.pid) and not processes_in(data)
     made_log = data / "acute_eval" / "selfchats" / "llama_backbone.jsonl"
     assert f"model llama_backbone: {CHATS} self-chats" in log_path.read_text()

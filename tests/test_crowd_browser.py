@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from conftest import PARLAI, REPO, free_port
-from crowd_helpers import descendants, processes_in, saved_conversations, wait_until
+from crowd_helpers import descendants, processes_in, saved_conversations, stop_if_running, wait_until
 
 LAUNCH = [sys.executable, "-m", "parlai_transfertransfo.crowdsourcing.model_chat"]
 NUM_TURNS = 3
@@ -98,9 +98,7 @@ def test_a_worker_in_chromium_chats_and_the_results_report_exactly_their_ratings
         assert launch.wait(120) == 0, open(log_path).read()[-3000:]
     finally:
         context.close()
-        if launch.poll() is None:
-            launch.kill()
-            launch.wait()
+        stop_if_running(launch)
     # every process the run started is gone: the launcher, its router, nothing in its folder
     assert not descendants(launch.pid) and not processes_in(data)
 

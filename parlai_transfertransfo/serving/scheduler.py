@@ -19,6 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from parlai_transfertransfo.modeling import left_pad
 from parlai_transfertransfo.serving import dialogue, kv_batch
 from parlai_transfertransfo.serving.decoding import Choice, make_search
 
@@ -217,15 +218,8 @@ class Scheduler:
 
     def _encode(self, contexts):
         pad = self.agent.special.pad
-        width = max(len(c.ids) for c in contexts)
-        ids = torch.full((len(contexts), width), pad, dtype=torch.long)
-        types = torch.full_like(ids, pad)
-        mask = torch.zeros_like(ids)
-        for i, c in enumerate(contexts):
-            if c.ids:
-                ids[i, width - len(c.ids):] = torch.tensor(c.ids)
-                types[i, width - len(c.ids):] = torch.tensor(c.types)
-                mask[i, width - len(c.ids):] = 1
+        ids, mask = left_pad([c.ids for c in contexts], pad)
+        types, _ = left_pad([c.types for c in contexts], pad)
         reply_type = torch.tensor([c.reply_type for c in contexts])
         dev = self.device
         prefix, _ = self.model.encoder(ids.to(dev), types.to(dev), mask.to(dev), reply_type.to(dev))
