@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parlai_transfertransfo import packing
+from parlai_transfertransfo import kv_cache, packing
 from parlai_transfertransfo.errors import TransfertransfoError
 
 GPT_DOUBLE_HEADS = {"gpt2": "GPT2DoubleHeadsModel", "openai-gpt": "OpenAIGPTDoubleHeadsModel"}
@@ -166,7 +166,8 @@ class DoubleHeads(nn.Module):
         mc_logits = None if mc_token_ids is None else self._mc_logits(hidden, mc_token_ids)
         return lm_logits, mc_logits
 
-    def recipe_losses(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, lm_rows):
+    def recipe_losses(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, lm_rows,
+                      keep_contexts=False):
         """The recipe's training step, each context run once: (token_nll, token_argmax, mc_logits).
 
         The recipe runs every candidate as a whole sequence (persona + history + reply), so
@@ -181,8 +182,15 @@ class DoubleHeads(nn.Module):
         The LM head runs only on the candidates lm_rows [G] (the gold replies) and only at
         their labelled positions: token_nll / token_argmax [G, L-1] hold, at t, the loss and
         prediction for cand_ids[g, t+1] (reply words and `<eos>`; 0 and -100 elsewhere).
+
+        keep_contexts=True (inference) adds a 4th result: the contexts' Prefix, each context
+        continued by its first candidate's first token (`<speaker1>`, the reply's start):
+        what the generator's encoder would compute, copied out of this pass, and the start
+        token's hidden state [P, H] (see `_context_prefix`); None where the pass cannot
+        give it.
         """
-        states, index = self._candidate_states(ids, types, mask, owner, cand_ids, cand_types, cand_lengths)
+        kept = [] if keep_contexts else None
+        states, index = self._candidate_states(ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept)
         last = index.gather(1, (cand_lengths - 1).clamp(min=0)[:, None]).squeeze(1)
         mc_logits = self._mc_logits(states.index_select(0, last.clamp(min=0))[:, None], torch.zeros_like(last))
         targets = cand_ids.index_select(0, lm_rows)[:, 1:]
@@ -194,9 +202,27 @@ class DoubleHeads(nn.Module):
             logits = self._lm_logits(states.index_select(0, gold_index[:, :-1][where])).float()
             token_nll[where] = F.cross_entropy(logits, targets[where], reduction="none")
             token_argmax[where] = logits.argmax(-1)
+        if keep_contexts:
+            return token_nll, token_argmax, mc_logits, self._context_prefix(kept, states, mask)
         return token_nll, token_argmax, mc_logits
 
-    def _candidate_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths):
+    def _context_prefix(self, kept, states, ctx_mask):
+        """(Prefix, start hidden [P, H]) of `<context> <speaker1>` from the packed pass: its
+        keys/values (kept by kv_cache.ContextColumns) and positions; every token had there
+        the view and position it has in the encoder's own pass. Its last_logits is left to
+        `with_last_logits`, so ranking alone runs no LM head."""
+        if not kept:
+            return None
+        columns, start = kept
+        mask = torch.cat([ctx_mask.long(), torch.ones_like(ctx_mask[:, :1]).long()], 1)
+        prefix = Prefix(kv=columns.kv(), ids=None, types=None, mask=mask, next_position=mask.sum(1), last_logits=None)
+        return prefix, states.index_select(0, start)
+
+    def with_last_logits(self, prefix: Prefix, last_hidden) -> Prefix:
+        """`prefix` with the next-token logits of its rows' last hidden states [B, H]."""
+        return replace(prefix, last_logits=self._lm_logits(last_hidden))
+
+    def _candidate_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept=None):
         """Hidden states of the candidates continuing their contexts: (states [X, H], index
         [N, L]), index[i, t] the row of `states` for token t of candidate i (-1: padding).
 
@@ -206,12 +232,25 @@ class DoubleHeads(nn.Module):
         run first, then each context's candidates in one row over its cache, padded to the
         longest such row. OpenAI GPT (no 4D masks, no cache) and sliding-window models (the
         custom mask would lift the window) take the cached path's one row per candidate.
+
+        `kept` (a list): where every context owns a candidate, the packed pass also keeps its
+        contexts' keys/values with their first candidate's first token: (ContextColumns,
+        that token's flat index [P]) are appended to it.
         """
         if self.candidate_path == "packed" and self._packs():
             rows = packing.pack(ids, types, mask, owner, cand_ids, cand_types, cand_lengths)
             self._check_positions(rows.positions)
             dtype = self.lm.get_input_embeddings().weight.dtype
-            hidden = self._hidden(rows.ids, rows.types, rows.mask(dtype), rows.positions, None)
+            cache = None
+            first = None if kept is None else first_candidates(owner, ids.size(0))
+            if first is not None:
+                start = rows.cand_index[first, 0]
+                columns = kv_cache.ContextColumns(
+                    torch.cat([rows.ctx_index.clamp(min=0), start[:, None]], 1), self.config.num_hidden_layers
+                )
+                kept += [columns, start]
+                cache = columns.cache
+            hidden = self._hidden(rows.ids, rows.types, rows.mask(dtype), rows.positions, cache)
             return hidden.reshape(-1, hidden.size(-1)), rows.cand_index
         hidden, cand_mask = self._continue(self.encode_prefix(ids, types, mask), owner, cand_ids,
                                            cand_types, cand_lengths)
@@ -351,7 +390,7 @@ class DoubleHeads(nn.Module):
         see = torch.cat([prefix.mask.bool()[:, None, :].expand(rows, width, -1), same], dim=2)
         dtype = self.lm.get_input_embeddings().weight.dtype
         mask4d = torch.zeros(see.shape, dtype=dtype, device=dev).masked_fill(~see, torch.finfo(dtype).min)
-        hidden = self._hidden(packed_ids, packed_types, mask4d[:, None], positions, _as_cache(prefix.kv))
+        hidden = self._hidden(packed_ids, packed_types, mask4d[:, None], positions, self._cache(prefix))
         out = hidden.new_zeros(cand_ids.size(0), cand_ids.size(1), hidden.size(-1))
         out[real] = hidden[cand_rows, cols]
         return out, cand_mask
@@ -374,7 +413,7 @@ class DoubleHeads(nn.Module):
             kv = None
         else:
             all_ids = all_types = None
-            cache = _as_cache(prefix.kv)
+            cache = self._cache(prefix)
             hidden = self._hidden(ids, types, full_mask, positions, cache)
             kv = tuple((layer.keys, layer.values) for layer in cache.layers)
         # Next-token logits after each row's last real token; rows whose continuation is all
@@ -392,6 +431,10 @@ class DoubleHeads(nn.Module):
         )
         return hidden, new_prefix
 
+    def _cache(self, prefix: Prefix):
+        """The backbone's cache over `prefix`'s keys/values (kv_cache.py: grown in place)."""
+        return kv_cache.as_cache(prefix.kv, self.config.num_hidden_layers)
+
     def _rerun_packed(self, ids, types, mask, positions):
         """Full re-run for OpenAI GPT with each row's real tokens packed to the left: the
         padded width (left-padded context + right-padded continuation) may exceed the
@@ -406,20 +449,10 @@ class DoubleHeads(nn.Module):
         return out.scatter(1, order[..., None].expand_as(hidden), hidden)
 
 
-def _as_cache(kv):
-    """A fresh DynamicCache over the given per-layer tensors, without copying them.
-
-    The model appends to it by concatenation (new tensors), so the Prefix the tensors came
-    from is never altered. Plain full-history layers are used even for models whose config
-    asks for sliding windows: the attention mask, built from the config, still applies the
-    window, so results are unchanged.
-    """
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-
-    cache = DynamicCache()
-    for keys, values in kv or ():
-        layer = DynamicLayer()
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values
-        cache.layers.append(layer)
-    return cache
+def first_candidates(owner, contexts):
+    """Each context's first candidate [P] (owner [N]: each candidate's context), or None
+    when some context has none."""
+    n = owner.numel()
+    first = torch.full((contexts,), n, dtype=torch.long, device=owner.device)
+    first = first.scatter_reduce(0, owner, torch.arange(n, device=owner.device), "amin")
+    return None if bool(first.eq(n).any()) else first

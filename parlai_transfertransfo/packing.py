@@ -31,6 +31,7 @@ class PackedRows:
     positions: torch.Tensor  # [R, W] position ids (0 at padding)
     allowed: torch.Tensor  # [R, W, W] bool: query (dim 1) may attend to key (dim 2)
     cand_index: torch.Tensor  # [N, L] flat index into [R * W] of candidate tokens (-1: padding)
+    ctx_index: torch.Tensor  # [P, S] the same for the contexts, in their left-padded layout
     tokens: int  # real tokens in the rows (contexts once + candidates)
 
     def mask(self, dtype):
@@ -90,6 +91,8 @@ def pack(ctx_ids, ctx_types, ctx_mask, owner, cand_ids, cand_types, cand_lengths
     ids[r, c], positions[r, c], example[r, c], cand_of[r, c] = ctx_ids[in_ctx], ctx_pos[in_ctx], ctx_p, -1
     if types is not None:
         types[r, c] = ctx_types[in_ctx]
+    ctx_index = torch.full(ctx_ids.shape, -1, dtype=torch.long, device=dev)
+    ctx_index[in_ctx] = r * width + c
 
     # candidates: after their context, in their order, back to back
     steps = torch.arange(max_len, device=dev)
@@ -119,4 +122,4 @@ def pack(ctx_ids, ctx_types, ctx_mask, owner, cand_ids, cand_types, cand_lengths
     allowed = (example[:, :, None] == example[:, None, :]) & (cols[None, None, :] <= cols[None, :, None])
     allowed &= (cand_of[:, None, :] == -1) | (cand_of[:, None, :] == cand_of[:, :, None])
     tokens = int(ctx_len[cand_total > 0].sum()) + int(cand_lengths.sum())
-    return PackedRows(ids, types, positions, allowed, cand_index, tokens)
+    return PackedRows(ids, types, positions, allowed, cand_index, ctx_index, tokens)

@@ -2,6 +2,8 @@
 import torch
 from parlai.core.torch_generator_agent import TorchGeneratorModel
 
+from parlai_transfertransfo.modeling import first_candidates
+
 
 class TransfertransfoModel(TorchGeneratorModel):
     """ParlAI's encoder/decoder interface over a decoder-only double-heads model.
@@ -20,15 +22,34 @@ class TransfertransfoModel(TorchGeneratorModel):
         # each chat's `<bos> + persona` keys/values, reused by its later turns (generation
         # only); None: every context runs whole
         self.persona_cache = persona_cache
+        # evaluation: the contexts the last ranking pass ran, kept for the encoder (below)
+        self.ranked_contexts = None
 
     def forward(self, *recipe_batch):
         """Training: contexts + candidates -> (token_nll, token_argmax, mc_logits); see
-        `DoubleHeads.recipe_losses`. Through `forward`, so DDP synchronises the gradients."""
-        return self.double_heads.recipe_losses(*recipe_batch)
+        `DoubleHeads.recipe_losses`. Through `forward`, so DDP synchronises the gradients.
+
+        In evaluation the same pass also keeps the contexts' keys/values: `eval_step` ranks
+        the candidates first, then generates a reply to the very same contexts, and the
+        encoder continues them instead of running them a second time."""
+        self.ranked_contexts = None
+        if not self._reuses_contexts():
+            return self.double_heads.recipe_losses(*recipe_batch)
+        *out, prefix = self.double_heads.recipe_losses(*recipe_batch, keep_contexts=True)
+        if prefix is not None:
+            ids, types, mask, owner, cand_ids, cand_types = recipe_batch[:6]
+            first = first_candidates(owner, ids.size(0))
+            starts = (cand_ids.index_select(0, first)[:, 0], cand_types.index_select(0, first)[:, 0])
+            self.ranked_contexts = (ids, types, mask, starts, prefix)
+        return tuple(out)
 
     def encoder(self, ids, types, mask, reply_type):
         """Contexts (left-padded) + `<speaker1>`, the decoder's start token, in one pass: the
-        prefix's last logits are then decoding step 0's output (one model call fewer)."""
+        prefix's last logits are then decoding step 0's output (one model call fewer).
+        Contexts that the ranking pass just ran (the same tensors) are taken from it."""
+        ranked = self._ranked(ids, types, mask, reply_type)
+        if ranked is not None:
+            return ranked, reply_type
         start = torch.full_like(ids[:, :1], self.START_IDX)
         ids = torch.cat([ids, start], 1)
         types = torch.cat([types, reply_type[:, None].to(types.dtype)], 1)
@@ -36,6 +57,23 @@ class TransfertransfoModel(TorchGeneratorModel):
         if self._reuses_personas():
             return self.persona_cache.encode(self.double_heads, ids, types, mask, self._persona_length), reply_type
         return self.double_heads.encode_prefix(ids, types, mask), reply_type
+
+    def _ranked(self, ids, types, mask, reply_type):
+        """The ranking pass's Prefix of exactly these contexts and start tokens, once."""
+        ranked, self.ranked_contexts = self.ranked_contexts, None
+        if ranked is None or not (ranked[0] is ids and ranked[1] is types and ranked[2] is mask):
+            return None
+        start_ids, start_types = ranked[3]
+        if not (bool(start_ids.eq(self.START_IDX).all()) and torch.equal(start_types, reply_type.to(start_types))):
+            return None
+        prefix, start_hidden = ranked[4]
+        return self.double_heads.with_last_logits(prefix, start_hidden)
+
+    def _reuses_contexts(self):
+        """Inference only (no dropout, no gradients), on the packed ranking path."""
+        heads = self.double_heads
+        return (not self.training and not torch.is_grad_enabled() and heads.candidate_path == "packed"
+                and heads.reuses_prefixes())
 
     def _reuses_personas(self):
         """Only for inference (no dropout, no gradients), and only where a cached start can

@@ -1,0 +1,91 @@
+"""Evaluation ranks the candidates, then generates a reply to the same contexts: the
+generator continues the contexts' keys/values kept from the ranking pass instead of running
+them again (parlai_model.TransfertransfoModel.forward / encoder). The same replies, beam
+scores, rankings and ppl as running them again; decoding grows its cache in place
+(kv_cache.py) without ever altering a Prefix that something else still holds."""
+import pytest
+import torch
+from parlai.core.worlds import create_task
+
+from parlai_transfertransfo.modeling import DoubleHeads
+from test_modeling import FIXTURES, SPEAKER1, context, left_pad, load
+from test_persona_cache import agent_for, chats_file  # noqa: F401  (a fixture)
+
+
+def evaluate(opt, agent, batchsize, reuse):
+    """eval_model's loop: (message, reply, beam texts and scores, top 5 candidates, ppl)
+    per turn, sorted; and how many contexts the generator's encoder ran itself."""
+    heads = agent.model.double_heads
+    heads.candidate_path = "packed" if reuse else "cached"  # the cached path keeps nothing
+    agent.model.persona_cache = None
+    encoded = []
+    original = DoubleHeads.encode_prefix
+
+    def spy(self, ids, *args, **kwargs):
+        encoded.append(ids.size(0))
+        return original(self, ids, *args, **kwargs)
+
+    world = create_task({**opt, "batchsize": batchsize}, agent)
+    out = []
+    DoubleHeads.encode_prefix = spy
+    try:
+        while not world.epoch_done():
+            world.parley()
+            for acts in [w.get_acts() for w in world.worlds] if batchsize > 1 else [world.get_acts()]:
+                if acts[0].get("text") is not None:
+                    act = acts[1]
+                    out.append((acts[0]["text"], act["text"], [(t, float(s)) for t, s in act["beam_texts"]],
+                                act["text_candidates"][:5], act["metrics"]["ppl"].value()))
+    finally:
+        DoubleHeads.encode_prefix = original
+        heads.candidate_path = "packed"
+    return sorted(out), encoded
+
+
+def assert_same(a, b):
+    assert [(x[0], x[1], [t for t, _ in x[2]], x[3]) for x in a] == [(x[0], x[1], [t for t, _ in x[2]], x[3]) for x in b]
+    scores = lambda r: torch.tensor([s for x in r for s in [x[4]] + [s for _, s in x[2]]])  # noqa: E731
+    torch.testing.assert_close(scores(a), scores(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone, inference", [("tiny_gpt2_dir", "greedy"), ("tiny_gpt2_dir", "beam"),
+                                                 ("tiny_llama_dir", "greedy")])
+def test_generation_from_the_ranked_contexts_equals_running_them_again(backbone, inference, chats_file,
+                                                                       tmp_path, request):
+    opt, agent = agent_for(request.getfixturevalue(backbone), chats_file, tmp_path, "--rank-candidates", "true",
+                           "--inference", inference, "--beam-size", 3 if inference == "beam" else 1)
+    reused, reused_encoded = evaluate(opt, agent, 3, reuse=True)
+    again, again_encoded = evaluate(opt, agent, 3, reuse=False)
+    assert len(reused) == 6 and len({r[1] for r in reused}) > 2  # the chats' turns, varied replies
+    assert_same(reused, again)
+    assert reused_encoded == []  # no context ran twice
+    assert sum(again_encoded) == 2 * 6  # the cached path: each context for ranking, then for the generator
+    alone, _ = evaluate(opt, agent, 1, reuse=True)  # and batched as alone
+    assert_same(alone, again)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_decoding_writes_in_place_and_never_alters_a_prefix_still_held(kind, request):
+    model = load(kind, request.getfixturevalue(FIXTURES[kind]))
+    step = lambda p, t: model.extend(p, torch.tensor([[t], [t + 1]]), torch.full((2, 1), SPEAKER1))  # noqa: E731
+    with torch.no_grad():
+        prefix = model.encode_prefix(*left_pad([context(5, 1), context(9, 2)]))
+        _, _, one = step(prefix, 10)
+        _, _, two = step(one, 20)
+        assert two.kv[0][0].data_ptr() == one.kv[0][0].data_ptr()  # the same buffer, grown
+        kept = [k.clone() for k, _ in two.kv]
+        logits_three, _, three = step(one, 30)  # `one` continued a second time: a new buffer
+        assert three.kv[0][0].data_ptr() != two.kv[0][0].data_ptr()
+        assert all(torch.equal(k, two.kv[i][0]) for i, k in enumerate(kept))
+        fresh = model.encode_prefix(*left_pad([context(5, 1), context(9, 2)]))
+        _, _, fresh_one = step(fresh, 10)
+        want, _, _ = step(fresh_one, 30)
+        torch.testing.assert_close(logits_three, want, atol=1e-5, rtol=0)
+    with torch.inference_mode():  # a server's cache, continued later by plain no-grad code
+        served = model.encode_prefix(*left_pad([context(5, 1), context(9, 2)]))
+    with torch.no_grad():
+        logits, _, _ = step(served, 10)
+        torch.testing.assert_close(logits, step(prefix, 10)[0], atol=1e-5, rtol=0)
+    with torch.enable_grad():  # autograd on: concatenation, nothing written in place
+        _, _, grad_two = step(one, 20)
+        assert grad_two.kv[0][0].data_ptr() != two.kv[0][0].data_ptr()
