@@ -16,7 +16,8 @@ from parlai.core.torch_generator_agent import PPLMetric, TorchGeneratorAgent
 from parlai.utils.misc import warn_once
 
 from parlai_transfertransfo import (
-    backbones, checkpointing, inputs, lora, option_checks, persona_cache, registration, safe_load, word_ppl,
+    backbones, checkpointing, inputs, lora, nucleus, option_checks, persona_cache, registration, safe_load,
+    word_ppl,
 )
 from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
 from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
@@ -241,6 +242,10 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         # hypothesis with <eos>
         max_ts = max(1, min(self.reply_max_tokens + 1, room))
         return super()._generate(batch, beam_size, max_ts, prefix_tokens)
+
+    def _treesearch_factory(self, device, verbose=False):
+        """ParlAI's searches; nucleus sampling draws the same tokens without a sort (nucleus.py)."""
+        return nucleus.faster(super()._treesearch_factory(device, verbose=verbose))
 
     def _v2t(self, vec):
         ids = []

@@ -1,14 +1,16 @@
 """Decoding settings, and one reply being decoded: ParlAI's own tree search, streamed.
 
 Each choice of a request keeps the search object the agent's `_generate` would build
-(GreedySearch, BeamSearch, TopKSampling, NucleusSampling) and is advanced with the same
+(GreedySearch, BeamSearch, TopKSampling, NucleusSampling: nucleus.py's) and is advanced with the same
 log-probabilities, step for step, so it picks the same tokens. Only the model call is
 shared with other requests (scheduler.py).
 """
 from dataclasses import dataclass, field, replace
 
 import torch
-from parlai.core.torch_generator_agent import BeamSearch, GreedySearch, NucleusSampling, TopKSampling
+from parlai.core.torch_generator_agent import BeamSearch, GreedySearch, TopKSampling
+
+from parlai_transfertransfo.nucleus import TopKNucleusSampling
 
 INFERENCE = ("greedy", "nucleus", "topk", "beam")
 
@@ -75,7 +77,7 @@ def make_search(agent, decoding: Decoding, device, block_context=()):
     elif d.inference == "topk":
         search = TopKSampling(d.top_k, d.beam_size, min_length=d.min_tokens, **common)
     elif d.inference == "nucleus":
-        search = NucleusSampling(d.top_p, d.beam_size, min_length=d.min_tokens, **common)
+        search = TopKNucleusSampling(d.top_p, d.beam_size, min_length=d.min_tokens, **common)
     else:
         raise ValueError(f"inference must be one of {', '.join(INFERENCE)}, not {d.inference!r}")
     search.set_context(torch.as_tensor(list(block_context), dtype=torch.long))
