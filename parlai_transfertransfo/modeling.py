@@ -213,9 +213,15 @@ class DoubleHeads(nn.Module):
         `with_last_logits`, so ranking alone runs no LM head."""
         if not kept:
             return None
-        columns, start = kept
+        kv = [columns.kv() for _, columns, _ in kept]
+        kv = tuple((torch.cat([p[i][0] for p in kv]), torch.cat([p[i][1] for p in kv])) for i in range(len(kv[0])))
+        start = torch.cat([s for _, _, s in kept])
+        if kept[0][0] is not None:  # passes by length band: back to the contexts' order
+            order = torch.argsort(torch.cat([contexts for contexts, _, _ in kept]))
+            kv = tuple((k.index_select(0, order), v.index_select(0, order)) for k, v in kv)
+            start = start.index_select(0, order)
         mask = torch.cat([ctx_mask.long(), torch.ones_like(ctx_mask[:, :1]).long()], 1)
-        prefix = Prefix(kv=columns.kv(), ids=None, types=None, mask=mask, next_position=mask.sum(1), last_logits=None)
+        prefix = Prefix(kv=kv, ids=None, types=None, mask=mask, next_position=mask.sum(1), last_logits=None)
         return prefix, states.index_select(0, start)
 
     def with_last_logits(self, prefix: Prefix, last_hidden) -> Prefix:
@@ -234,28 +240,49 @@ class DoubleHeads(nn.Module):
         custom mask would lift the window) take the cached path's one row per candidate.
 
         `kept` (a list): where every context owns a candidate, the packed pass also keeps its
-        contexts' keys/values with their first candidate's first token: (ContextColumns,
-        that token's flat index [P]) are appended to it.
+        contexts' keys/values with their first candidate's first token: (its contexts,
+        ContextColumns, that token's index in `states` [P]) per pass are appended to it.
         """
         if self.candidate_path == "packed" and self._packs():
-            rows = packing.pack(ids, types, mask, owner, cand_ids, cand_types, cand_lengths)
-            self._check_positions(rows.positions)
-            dtype = self.lm.get_input_embeddings().weight.dtype
-            cache = None
-            first = None if kept is None else first_candidates(owner, ids.size(0))
-            if first is not None:
-                start = rows.cand_index[first, 0]
-                columns = kv_cache.ContextColumns(
-                    torch.cat([rows.ctx_index.clamp(min=0), start[:, None]], 1), self.config.num_hidden_layers
-                )
-                kept += [columns, start]
-                cache = columns.cache
-            hidden = self._hidden(rows.ids, rows.types, rows.mask(dtype), rows.positions, cache)
-            return hidden.reshape(-1, hidden.size(-1)), rows.cand_index
+            return self._packed_states(ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept)
         hidden, cand_mask = self._continue(self.encode_prefix(ids, types, mask), owner, cand_ids,
                                            cand_types, cand_lengths)
         index = torch.arange(cand_mask.numel(), device=cand_mask.device).view_as(cand_mask)
         return hidden.reshape(-1, hidden.size(-1)), index.masked_fill(~cand_mask.bool(), -1)
+
+    def _packed_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept):
+        """`_candidate_states` over packed rows, one pass per band of similar example lengths
+        (packing.length_groups): a row is as wide as the longest example of its pass, and
+        ConvAI2's examples (context + 20 candidates) are mostly one to a row."""
+        keep = kept is not None and first_candidates(owner, ids.size(0)) is not None
+        groups = packing.length_groups(mask, owner, cand_lengths)
+        if len(groups) == 1 and len(groups[0][0]) == ids.size(0):  # one pass over the batch as it is
+            groups = [(None, None)]
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        states, index, offset = [], torch.full_like(cand_ids, -1), 0
+        for contexts, cands in groups:
+            part = (ids, types, mask, owner, cand_ids, cand_types, cand_lengths)
+            if contexts is not None:
+                part = packing.select(part, contexts, cands)
+            rows = packing.pack(*part)
+            self._check_positions(rows.positions)
+            cache = None
+            if keep:
+                start = rows.cand_index[first_candidates(part[3], part[0].size(0)), 0]
+                columns = kv_cache.ContextColumns(
+                    torch.cat([rows.ctx_index.clamp(min=0), start[:, None]], 1), self.config.num_hidden_layers
+                )
+                kept.append((contexts, columns, start + offset))
+                cache = columns.cache
+            hidden = self._hidden(rows.ids, rows.types, rows.mask(dtype), rows.positions, cache)
+            states.append(hidden.reshape(-1, hidden.size(-1)))
+            at = rows.cand_index.masked_fill(rows.cand_index.lt(0), -1 - offset) + offset
+            if cands is None:
+                index = at
+            else:
+                index[cands] = at
+            offset += states[-1].size(0)
+        return torch.cat(states) if len(states) > 1 else states[0], index
 
     def _packs(self):
         return self.kind != "openai-gpt" and not getattr(self.config, "sliding_window", None)

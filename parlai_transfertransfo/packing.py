@@ -22,6 +22,13 @@ from dataclasses import dataclass
 import torch
 
 
+# A pass pads each row to its longest example: examples go into one pass per band of
+# similar lengths, a band taking the next (shorter) example while padding them all to its
+# longest adds at most this fraction of their tokens; at most MAX_PASSES bands.
+PADDING_SLACK = 0.1
+MAX_PASSES = 4
+
+
 @dataclass(frozen=True)
 class PackedRows:
     """Rows ready for one forward pass, and where each candidate token landed in them."""
@@ -123,3 +130,41 @@ def pack(ctx_ids, ctx_types, ctx_mask, owner, cand_ids, cand_types, cand_lengths
     allowed &= (cand_of[:, None, :] == -1) | (cand_of[:, None, :] == cand_of[:, :, None])
     tokens = int(ctx_len[cand_total > 0].sum()) + int(cand_lengths.sum())
     return PackedRows(ids, types, positions, allowed, cand_index, ctx_index, tokens)
+
+
+def length_groups(ctx_mask, owner, cand_lengths, slack=PADDING_SLACK, max_groups=MAX_PASSES):
+    """Examples in bands of similar lengths (a context + its candidates), longest first:
+    [(context indices [P_g], their candidates' indices [N_g])]. Contexts without a
+    candidate are left out, as `pack` leaves them out."""
+    dev = owner.device
+    cand_total = torch.zeros(ctx_mask.size(0), dtype=torch.long, device=dev).index_add_(0, owner, cand_lengths)
+    lengths = (ctx_mask.long().sum(1) + cand_total).tolist()
+    order = sorted((i for i, n in enumerate(cand_total.tolist()) if n > 0), key=lambda i: -lengths[i])
+    groups, real = [], 0
+    for i in order:
+        fits = groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= (1 + slack) * (real + lengths[i])
+        if fits or len(groups) == max_groups:
+            groups[-1].append(i)
+            real += lengths[i]
+        else:
+            groups.append([i])
+            real = lengths[i]
+    out = []
+    for group in groups:
+        contexts = torch.tensor(sorted(group), dtype=torch.long, device=dev)
+        out.append((contexts, torch.isin(owner, contexts).nonzero().squeeze(1)))
+    return out
+
+
+def select(inputs, contexts, cands):
+    """`pack`'s inputs (ids, types, mask, owner, cand_ids, cand_types, cand_lengths) cut
+    to these contexts and candidates, owners renumbered."""
+    ids, types, mask, owner, cand_ids, cand_types, cand_lengths = inputs
+    renumber = torch.full((ids.size(0),), -1, dtype=torch.long, device=owner.device)
+    renumber[contexts] = torch.arange(contexts.numel(), device=owner.device)
+
+    def rows(t, which):
+        return None if t is None else t.index_select(0, which)
+
+    return (rows(ids, contexts), rows(types, contexts), rows(mask, contexts), renumber[owner.index_select(0, cands)],
+            rows(cand_ids, cands), rows(cand_types, cands), rows(cand_lengths, cands))

@@ -155,7 +155,7 @@ def test_personality_permutations_train_every_rotation_and_report_once_per_examp
 def test_a_new_model_file_gets_the_recipes_defaults(tiny_gpt2_dir, tmp_path):
     """Nothing but the model: lr 6.25e-5 with AdamW, gradient clipping at 1.0, and nucleus
     sampling with top-p 0.9 at temperature 0.7, in the saved .opt and in what is built."""
-    from parlai.core.torch_generator_agent import NucleusSampling
+    from parlai_transfertransfo.nucleus import TopKNucleusSampling
 
     opt = ParlaiParser(True, True).parse_args([
         "-m", "transfertransfo", "--model-name", tiny_gpt2_dir, "-mf", str(tmp_path / "model"),
@@ -172,4 +172,5 @@ def test_a_new_model_file_gets_the_recipes_defaults(tiny_gpt2_dir, tmp_path):
     assert type(agent.optimizer) is torch.optim.AdamW
     assert [group["lr"] for group in agent.optimizer.param_groups] == [6.25e-5]
     search = agent._treesearch_factory("cpu")
-    assert type(search) is NucleusSampling and search.p == 0.9 and agent.temperature == 0.7
+    # ParlAI's nucleus sampling, drawing its tokens without the sort (nucleus.py)
+    assert type(search) is TopKNucleusSampling and search.p == 0.9 and agent.temperature == 0.7

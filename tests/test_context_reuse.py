@@ -89,3 +89,34 @@ def test_decoding_writes_in_place_and_never_alters_a_prefix_still_held(kind, req
     with torch.enable_grad():  # autograd on: concatenation, nothing written in place
         _, _, grad_two = step(one, 20)
         assert grad_two.kv[0][0].data_ptr() != two.kv[0][0].data_ptr()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_the_kept_contexts_are_the_encoders_own_across_passes_by_length(kind, request):
+    """Contexts of 60, 3 and 17 tokens with candidates of 2 to 40: three passes by length
+    band (packing.length_groups); each context's kept keys/values, positions and start
+    logits equal the encoder's pass over `<context> <speaker1>`."""
+    from test_packing import ragged_batch
+    from test_modeling import right_pad
+
+    model = load(kind, request.getfixturevalue(FIXTURES[kind]))
+    contexts, cands, owner = ragged_batch()
+    contexts = contexts[:3]  # the fourth owns no candidate: nothing would be kept
+    passes = []
+    hook = model.lm.base_model.register_forward_hook(lambda m, a, out: passes.append(1))
+    try:
+        with torch.no_grad():
+            *_, (prefix, start_hidden) = model.recipe_losses(*left_pad(contexts), owner, *right_pad(cands),
+                                                            torch.tensor([4]), keep_contexts=True)
+            prefix = model.with_last_logits(prefix, start_hidden)
+            want = model.encode_prefix(*left_pad([(torch.cat([i, torch.tensor([SPEAKER1])]),
+                                                   torch.cat([t, torch.tensor([SPEAKER1])])) for i, t in contexts]))
+    finally:
+        hook.remove()
+    assert len(passes) == 1 + 3  # three bands, then the encoder's pass
+    assert torch.equal(prefix.mask, want.mask) and torch.equal(prefix.next_position, want.next_position)
+    real = want.mask.bool()
+    for (k, v), (want_k, want_v) in zip(prefix.kv, want.kv):
+        torch.testing.assert_close(k.transpose(1, 2)[real], want_k.transpose(1, 2)[real], atol=1e-5, rtol=0)
+        torch.testing.assert_close(v.transpose(1, 2)[real], want_v.transpose(1, 2)[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(prefix.last_logits, want.last_logits, atol=1e-4, rtol=0)

@@ -6,7 +6,7 @@ import torch
 from parlai.core.message import Message
 
 from parlai_transfertransfo import agents
-from parlai_transfertransfo.packing import first_fit_rows, pack
+from parlai_transfertransfo.packing import first_fit_rows, length_groups, pack
 from test_agent import first_example, make_agent
 from test_modeling import FIXTURES, candidate, context, full_sequence_scores, left_pad, load, right_pad
 
@@ -54,6 +54,19 @@ def test_rows_hold_each_context_once_and_no_padding_but_at_their_end():
     first, second = rows.cand_index[1, 5], rows.cand_index[4, 0]  # both continue context 0
     assert rows.allowed.flatten(0, 1)[second].sum() == 60 + 1
     assert not rows.allowed.flatten(0, 1)[second].view(-1)[first % 112]
+
+
+def test_examples_go_into_passes_by_length_band():
+    """Examples of 110, 100, 20 and 22 tokens (context + candidates), one without candidates:
+    two bands, each padded by at most 10%; at most MAX_PASSES bands."""
+    mask = torch.zeros(5, 100, dtype=torch.long)
+    for i, n in enumerate([100, 90, 10, 12, 5]):
+        mask[i, 100 - n:] = 1
+    owner, lengths = torch.tensor([0, 1, 2, 3]), torch.tensor([10, 10, 10, 10])
+    groups = length_groups(mask, owner, lengths)
+    assert [(c.tolist(), n.tolist()) for c, n in groups] == [([0, 1], [0, 1]), ([2, 3], [2, 3])]
+    assert len(length_groups(mask, owner, lengths, slack=0.0)) == 4
+    assert [c.tolist() for c, _ in length_groups(mask, owner, lengths, slack=0.0, max_groups=2)] == [[0], [1, 2, 3]]
 
 
 def test_first_fit_fills_rows_up_to_the_longest_item():
