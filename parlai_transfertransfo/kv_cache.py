@@ -104,23 +104,23 @@ def _cache(layers):
 class _KeepColumns(DynamicLayer):
     """Passes a layer's keys/values through and keeps a copy of columns `index` of them."""
 
-    def __init__(self, index, shape):
+    def __init__(self, index):
         super().__init__()
-        self.index, self.shape, self.kept = index, shape, None
+        self.index, self.kept = index, None
 
     def update(self, key_states, value_states, *args, **kwargs):
-        self.kept = (_columns(key_states, self.index, self.shape), _columns(value_states, self.index, self.shape))
+        self.kept = (_columns(key_states, self.index), _columns(value_states, self.index))
         return key_states, value_states
 
     def get_seq_length(self):
         return 0  # nothing cached before this pass: the packed rows' own mask is complete
 
 
-def _columns(states, index, shape):
-    """[R, h, W, d] -> [*shape(index), h, d] rows of the flattened R*W columns -> [B, h, S, d]."""
-    rows, heads, width, dim = states.shape
-    flat = states.transpose(1, 2).reshape(rows * width, heads, dim)
-    return flat.index_select(0, index.reshape(-1)).view(*shape, heads, dim).transpose(1, 2).contiguous()
+def _columns(states, index):
+    """states [R, h, W, d] at flat columns index [B, S] (row * W + column) -> [B, h, S, d]:
+    only those columns are copied."""
+    width = states.shape[2]
+    return states[index // width, :, index % width].transpose(1, 2).contiguous()  # [B, S, h, d] -> [B, h, S, d]
 
 
 class ContextColumns:
@@ -128,7 +128,7 @@ class ContextColumns:
     (row * width + column) of every layer, in that [B, S] layout: `kv()` after the pass."""
 
     def __init__(self, index, layers):
-        self.cache = _cache([_KeepColumns(index, tuple(index.shape)) for _ in range(layers)])
+        self.cache = _cache([_KeepColumns(index) for _ in range(layers)])
 
     def kv(self):
         return tuple(layer.kept for layer in self.cache.layers)
