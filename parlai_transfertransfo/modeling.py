@@ -253,9 +253,11 @@ class DoubleHeads(nn.Module):
     def _packed_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept):
         """`_candidate_states` over packed rows, one pass per band of similar example lengths
         (packing.length_groups): a row is as wide as the longest example of its pass, and
-        ConvAI2's examples (context + 20 candidates) are mostly one to a row."""
+        ConvAI2's examples (context + 20 candidates) are mostly one to a row. On a CPU,
+        passes of at most packing.CPU_PASS_TOKENS tokens."""
         keep = kept is not None and first_candidates(owner, ids.size(0)) is not None
-        groups = packing.length_groups(mask, owner, cand_lengths)
+        cpu = ids.device.type == "cpu"
+        groups = packing.length_groups(mask, owner, cand_lengths, max_tokens=packing.CPU_PASS_TOKENS if cpu else None)
         if len(groups) == 1 and len(groups[0][0]) == ids.size(0):  # one pass over the batch as it is
             groups = [(None, None)]
         dtype = self.lm.get_input_embeddings().weight.dtype

@@ -67,6 +67,8 @@ def test_examples_go_into_passes_by_length_band():
     assert [(c.tolist(), n.tolist()) for c, n in groups] == [([0, 1], [0, 1]), ([2, 3], [2, 3])]
     assert len(length_groups(mask, owner, lengths, slack=0.0)) == 4
     assert [c.tolist() for c, _ in length_groups(mask, owner, lengths, slack=0.0, max_groups=2)] == [[0], [1, 2, 3]]
+    # a CPU's cap on a pass's padded tokens: 110 + 100 padded to 220 > 200; no cap on the passes
+    assert [c.tolist() for c, _ in length_groups(mask, owner, lengths, max_groups=1, max_tokens=200)] == [[0], [1], [2, 3]]
 
 
 def test_first_fit_fills_rows_up_to_the_longest_item():
