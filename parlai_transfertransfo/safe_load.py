@@ -117,7 +117,10 @@ def _damage(error, path):
         return "the file is truncated or damaged (an interrupted download or save?)"
     if isinstance(error, EOFError):
         return "the file ends too early (an interrupted download or save?)"
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    detail = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    # neither torch.save's zip archive nor a pickle it could read (random bytes can fail
+    # any of these ways: UnicodeDecodeError, ValueError, ...)
+    return f"not a file saved by torch.save, or damaged ({detail})"
 
 
 def _first_line(text):
