@@ -48,6 +48,7 @@ def trained(tmp_path_factory, tiny_gpt2_dir, six_dialogs):
         "-mf", out / "model", "--datapath", out / "data",
         "-bs", 8, "--num-epochs", 30, "-lr", 1e-3, "--skip-generation", "true",
         "--validation-every-n-epochs", -1, "--log-every-n-steps", 10,
+        "--seed", 0,  # the same tiny model on every run: the assertions below judge one model
     )
     return str(out / "model"), log
 
