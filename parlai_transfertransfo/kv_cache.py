@@ -5,9 +5,10 @@ copied out of a packed pass.
   `DynamicLayer` concatenates, so every decoding step copies the whole cache (~11% of a
   16-row step on a CPU). `GrowingLayer` keeps the keys/values as views of a longer buffer
   and writes new tokens after them, in place, when no one else has written there.
-- `ContextColumns`: a pass-through cache for the packed ranking pass (packing.py) that
-  keeps a copy of chosen columns of each layer's keys/values: the contexts (and the
-  reply's `<speaker1>`), which generation then continues instead of running them again.
+- `PackedPass`: the cache of a packed ranking pass (packing.py). It puts each row's cached
+  start (its persona) before the row's keys/values, and keeps a copy of chosen columns:
+  the contexts (and the reply's `<speaker1>`), which generation then continues instead of
+  running them again.
 """
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -101,19 +102,24 @@ def _cache(layers):
     return cache
 
 
-class _KeepColumns(DynamicLayer):
-    """Passes a layer's keys/values through and keeps a copy of columns `index` of them."""
+class _PackedLayer(DynamicLayer):
+    """Passes a layer's keys/values through, after the rows' cached start `past` (keys,
+    values [R, h, M, d]) if any, and keeps a copy of columns `index` of them if any."""
 
-    def __init__(self, index):
+    def __init__(self, past, index):
         super().__init__()
-        self.index, self.kept = index, None
+        self.past, self.index, self.kept = past, index, None
 
     def update(self, key_states, value_states, *args, **kwargs):
-        self.kept = (_columns(key_states, self.index), _columns(value_states, self.index))
+        if self.past is not None:
+            key_states = torch.cat([self.past[0], key_states], 2)
+            value_states = torch.cat([self.past[1], value_states], 2)
+        if self.index is not None:
+            self.kept = (_columns(key_states, self.index), _columns(value_states, self.index))
         return key_states, value_states
 
     def get_seq_length(self):
-        return 0  # nothing cached before this pass: the packed rows' own mask is complete
+        return 0  # the packed rows' own mask covers the start: nothing for the model to add
 
 
 def _columns(states, index):
@@ -123,12 +129,15 @@ def _columns(states, index):
     return states[index // width, :, index % width].transpose(1, 2).contiguous()  # [B, S, h, d] -> [B, h, S, d]
 
 
-class ContextColumns:
-    """A cache for one packed pass that keeps the keys/values at flat columns `index` [B, S]
-    (row * width + column) of every layer, in that [B, S] layout: `kv()` after the pass."""
+class PackedPass:
+    """The cache of one packed pass (packing.py): each row's keys/values continue its
+    cached start `past` (per layer (keys, values) [R, h, M, d], or None), and those at flat
+    columns `keep` [B, S] (row * (M + W) + column, or None) of every layer are kept, in that
+    [B, S] layout: `kept()` after the pass."""
 
-    def __init__(self, index, layers):
-        self.cache = _cache([_KeepColumns(index) for _ in range(layers)])
+    def __init__(self, layers, past=None, keep=None):
+        past = past or [None] * layers
+        self.cache = _cache([_PackedLayer(layer_past, keep) for layer_past in past])
 
-    def kv(self):
+    def kept(self):
         return tuple(layer.kept for layer in self.cache.layers)

@@ -167,7 +167,7 @@ class DoubleHeads(nn.Module):
         return lm_logits, mc_logits
 
     def recipe_losses(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, lm_rows,
-                      keep_contexts=False):
+                      keep_contexts=False, past: Prefix | None = None):
         """The recipe's training step, each context run once: (token_nll, token_argmax, mc_logits).
 
         The recipe runs every candidate as a whole sequence (persona + history + reply), so
@@ -188,9 +188,12 @@ class DoubleHeads(nn.Module):
         what the generator's encoder would compute, copied out of this pass, and the start
         token's hidden state [P, H] (see `_context_prefix`); None where the pass cannot
         give it.
+
+        past (inference): each context's cached start (persona_cache.py), which ids/types/
+        mask continue, as in `encode_prefix`.
         """
         kept = [] if keep_contexts else None
-        states, index = self._candidate_states(ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept)
+        states, index = self._candidate_states(ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept, past)
         last = index.gather(1, (cand_lengths - 1).clamp(min=0)[:, None]).squeeze(1)
         mc_logits = self._mc_logits(states.index_select(0, last.clamp(min=0))[:, None], torch.zeros_like(last))
         targets = cand_ids.index_select(0, lm_rows)[:, 1:]
@@ -203,17 +206,17 @@ class DoubleHeads(nn.Module):
             token_nll[where] = F.cross_entropy(logits, targets[where], reduction="none")
             token_argmax[where] = logits.argmax(-1)
         if keep_contexts:
-            return token_nll, token_argmax, mc_logits, self._context_prefix(kept, states, mask)
+            return token_nll, token_argmax, mc_logits, self._context_prefix(kept, states, mask, past)
         return token_nll, token_argmax, mc_logits
 
-    def _context_prefix(self, kept, states, ctx_mask):
-        """(Prefix, start hidden [P, H]) of `<context> <speaker1>` from the packed pass: its
-        keys/values (kept by kv_cache.ContextColumns) and positions; every token had there
-        the view and position it has in the encoder's own pass. Its last_logits is left to
-        `with_last_logits`, so ranking alone runs no LM head."""
+    def _context_prefix(self, kept, states, ctx_mask, past):
+        """(Prefix, start hidden [P, H]) of `<cached start> <context> <speaker1>` from the
+        packed pass: its keys/values (kept by kv_cache.PackedPass) and positions; every token
+        had there the view and position it has in the encoder's own pass. Its last_logits is
+        left to `with_last_logits`, so ranking alone runs no LM head."""
         if not kept:
             return None
-        kv = [columns.kv() for _, columns, _ in kept]
+        kv = [columns.kept() for _, columns, _ in kept]
         kv = tuple((torch.cat([p[i][0] for p in kv]), torch.cat([p[i][1] for p in kv])) for i in range(len(kv[0])))
         start = torch.cat([s for _, _, s in kept])
         if kept[0][0] is not None:  # passes by length band: back to the contexts' order
@@ -221,6 +224,8 @@ class DoubleHeads(nn.Module):
             kv = tuple((k.index_select(0, order), v.index_select(0, order)) for k, v in kv)
             start = start.index_select(0, order)
         mask = torch.cat([ctx_mask.long(), torch.ones_like(ctx_mask[:, :1]).long()], 1)
+        if past is not None:
+            mask = torch.cat([past.mask.long(), mask], 1)
         prefix = Prefix(kv=kv, ids=None, types=None, mask=mask, next_position=mask.sum(1), last_logits=None)
         return prefix, states.index_select(0, start)
 
@@ -228,7 +233,7 @@ class DoubleHeads(nn.Module):
         """`prefix` with the next-token logits of its rows' last hidden states [B, H]."""
         return replace(prefix, last_logits=self._lm_logits(last_hidden))
 
-    def _candidate_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept=None):
+    def _candidate_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept=None, past=None):
         """Hidden states of the candidates continuing their contexts: (states [X, H], index
         [N, L]), index[i, t] the row of `states` for token t of candidate i (-1: padding).
 
@@ -241,21 +246,24 @@ class DoubleHeads(nn.Module):
 
         `kept` (a list): where every context owns a candidate, the packed pass also keeps its
         contexts' keys/values with their first candidate's first token: (its contexts,
-        ContextColumns, that token's index in `states` [P]) per pass are appended to it.
+        kv_cache.PackedPass, that token's index in `states` [P]) per pass are appended to it.
         """
+        if past is not None and past.kv is None:  # no context has a cached start
+            past = None
         if self.candidate_path == "packed" and self._packs():
-            return self._packed_states(ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept)
-        hidden, cand_mask = self._continue(self.encode_prefix(ids, types, mask), owner, cand_ids,
+            return self._packed_states(ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept, past)
+        hidden, cand_mask = self._continue(self.encode_prefix(ids, types, mask, past), owner, cand_ids,
                                            cand_types, cand_lengths)
         index = torch.arange(cand_mask.numel(), device=cand_mask.device).view_as(cand_mask)
         return hidden.reshape(-1, hidden.size(-1)), index.masked_fill(~cand_mask.bool(), -1)
 
-    def _packed_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept):
+    def _packed_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept, past):
         """`_candidate_states` over packed rows, one pass per band of similar example lengths
         (packing.length_groups): a row is as wide as the longest example of its pass, and
         ConvAI2's examples (context + 20 candidates) are mostly one to a row. On a CPU,
-        passes of at most packing.CPU_PASS_TOKENS tokens."""
-        keep = kept is not None and first_candidates(owner, ids.size(0)) is not None
+        passes of at most packing.CPU_PASS_TOKENS tokens. With `past`, each row's keys start
+        with its context's cached start."""
+        keep = kept is not None and first_candidates(owner, ids.size(0)) is not None and bool(cand_lengths.gt(0).all())
         cpu = ids.device.type == "cpu"
         groups = packing.length_groups(mask, owner, cand_lengths, max_tokens=packing.CPU_PASS_TOKENS if cpu else None)
         if len(groups) == 1 and len(groups[0][0]) == ids.size(0):  # one pass over the batch as it is
@@ -264,18 +272,23 @@ class DoubleHeads(nn.Module):
         states, index, offset = [], torch.full_like(cand_ids, -1), 0
         for contexts, cands in groups:
             part = (ids, types, mask, owner, cand_ids, cand_types, cand_lengths)
+            part_past = past
             if contexts is not None:
                 part = packing.select(part, contexts, cands)
-            rows = packing.pack(*part)
+                part_past = None if past is None else self.select(past, contexts)
+            rows = packing.pack(*part, past_mask=None if part_past is None else part_past.mask)
             self._check_positions(rows.positions)
-            cache = None
+            row_past, keep_index, start = None, None, None
+            if part_past is not None:
+                row_past = [(k.index_select(0, rows.row_context), v.index_select(0, rows.row_context))
+                            for k, v in part_past.kv]
             if keep:
                 start = rows.cand_index[first_candidates(part[3], part[0].size(0)), 0]
-                columns = kv_cache.ContextColumns(
-                    torch.cat([rows.ctx_index.clamp(min=0), start[:, None]], 1), self.config.num_hidden_layers
-                )
+                keep_index = _key_columns(rows, part_past, torch.cat([rows.ctx_index.clamp(min=0), start[:, None]], 1))
+            columns = kv_cache.PackedPass(self.config.num_hidden_layers, row_past, keep_index)
+            if keep:
                 kept.append((contexts, columns, start + offset))
-                cache = columns.cache
+            cache = columns.cache if (keep or row_past is not None) else None
             hidden = self._hidden(rows.ids, rows.types, rows.mask(dtype), rows.positions, cache)
             states.append(hidden.reshape(-1, hidden.size(-1)))
             at = rows.cand_index.masked_fill(rows.cand_index.lt(0), -1 - offset) + offset
@@ -302,16 +315,17 @@ class DoubleHeads(nn.Module):
             )
 
     # --- inference: a cached prefix ------------------------------------------------------
-    def encode_prefix(self, ids, types, mask, past: Prefix | None = None) -> Prefix:
+    def encode_prefix(self, ids, types, mask, past: Prefix | None = None, logits=True) -> Prefix:
         """Run LEFT-padded contexts ids/types/mask [B, P] once and keep their cache.
 
         Positions are `cumsum(mask) - 1`, so a padded row gets exactly the positions (and,
         with the mask, exactly the attention) it would get alone: scores never depend on
         which other contexts share the batch. With `past` (the cached start of each context,
-        persona_cache.py), the contexts continue it.
+        persona_cache.py), the contexts continue it. logits=False: no LM head (last_logits
+        None), for keys/values that only get continued.
         """
         if past is not None:
-            return self._advance(past, ids, types, mask)[1]
+            return self._advance(past, ids, types, mask, logits)[1]
         batch = ids.size(0)
         empty = Prefix(
             kv=None,
@@ -321,7 +335,7 @@ class DoubleHeads(nn.Module):
             next_position=torch.zeros(batch, dtype=torch.long, device=ids.device),
             last_logits=None,
         )
-        hidden, prefix = self._advance(empty, ids, types, mask)
+        hidden, prefix = self._advance(empty, ids, types, mask, logits)
         return prefix
 
     def extend(self, prefix: Prefix, ids, types, mask=None):
@@ -424,8 +438,9 @@ class DoubleHeads(nn.Module):
         out[real] = hidden[cand_rows, cols]
         return out, cand_mask
 
-    def _advance(self, prefix: Prefix, ids, types, mask):
-        """Run ids on top of `prefix`: (hidden [B, L, H], new Prefix)."""
+    def _advance(self, prefix: Prefix, ids, types, mask, logits=True):
+        """Run ids on top of `prefix`: (hidden [B, L, H], new Prefix); logits=False leaves
+        the new Prefix's last_logits None (no LM head)."""
         mask = mask.long()
         positions = prefix.next_position[:, None] + mask.cumsum(1) - 1
         positions = positions.clamp(min=0)
@@ -451,8 +466,8 @@ class DoubleHeads(nn.Module):
         steps = torch.arange(1, ids.size(1) + 1, device=ids.device)
         last_real = ((mask * steps).max(1).values - 1).clamp(min=0)  # left or right padding
         last = hidden[torch.arange(ids.size(0), device=ids.device), last_real]
-        last_logits = self._lm_logits(last)
-        if prefix.last_logits is not None:
+        last_logits = self._lm_logits(last) if logits else None
+        if logits and prefix.last_logits is not None:
             last_logits = torch.where(lengths[:, None] > 0, last_logits, prefix.last_logits)
         new_prefix = replace(
             prefix, kv=kv, ids=all_ids, types=all_types, mask=full_mask,
@@ -476,6 +491,19 @@ class DoubleHeads(nn.Module):
         )
         out = hidden.new_zeros(ids.size(0), ids.size(1), hidden.size(-1))
         return out.scatter(1, order[..., None].expand_as(hidden), hidden)
+
+
+def _key_columns(rows, past, index):
+    """Flat columns index [P, S] of a packed pass's rows [R * W] as columns of its keys
+    [R * (M + W)], each context's M cached-start columns (past.mask, right-aligned) first."""
+    if past is None:
+        return index
+    width, m = rows.ids.size(1), past.mask.size(1)
+    keys = index // width * (m + width) + m + index % width
+    row_of = torch.zeros(index.size(0), dtype=torch.long, device=index.device)
+    row_of[rows.row_context] = torch.arange(rows.row_context.numel(), device=index.device)
+    start = row_of[:, None] * (m + width) + torch.arange(m, device=index.device)[None, :]
+    return torch.cat([start, keys], 1)
 
 
 def first_candidates(owner, contexts):

@@ -17,7 +17,7 @@ up to the longest example's length, so padding is only what is left at the end o
 Nothing here depends on the backbone: the rows go through the model's ordinary forward
 with `position_ids` and a 4D additive attention mask (any module that accepts those).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -40,13 +40,16 @@ class PackedRows:
     ids: torch.Tensor  # [R, W] token ids (0 at padding)
     types: torch.Tensor | None  # [R, W] token types, or None
     positions: torch.Tensor  # [R, W] position ids (0 at padding)
-    allowed: torch.Tensor  # [R, W, W] bool: query (dim 1) may attend to key (dim 2)
+    allowed: torch.Tensor  # [R, W, M + W] bool: query (dim 1) may attend to key (dim 2)
     cand_index: torch.Tensor  # [N, L] flat index into [R * W] of candidate tokens (-1: padding)
     ctx_index: torch.Tensor  # [P, S] the same for the contexts, in their left-padded layout
     tokens: int  # real tokens in the rows (contexts once + candidates)
+    # with a cached start (pack's past_mask [P, M]): the context of each row [R], one to a
+    # row, whose start's M columns come before the row's own keys; else None (M = 0)
+    row_context: torch.Tensor | None = None
 
     def mask(self, dtype):
-        """[R, 1, W, W] additive mask in `dtype`: 0 where allowed, the dtype's minimum elsewhere."""
+        """[R, 1, W, M + W] additive mask in `dtype`: 0 where allowed, the dtype's minimum elsewhere."""
         zeros = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
         return zeros.masked_fill(~self.allowed, torch.finfo(dtype).min)[:, None]
 
@@ -65,25 +68,66 @@ def first_fit_rows(lengths, capacity):
     return row, start, max(used, default=0)
 
 
-def pack(ctx_ids, ctx_types, ctx_mask, owner, cand_ids, cand_types, cand_lengths):
+def pack(ctx_ids, ctx_types, ctx_mask, owner, cand_ids, cand_types, cand_lengths, past_mask=None):
     """Pack LEFT-padded contexts [P, S] (mask 1 on real tokens) and right-padded candidates
     [N, L] (cand_lengths [N] real tokens, owner [N] their context) into PackedRows.
 
     Contexts that own no candidate are left out: they would cost tokens and give nothing.
+    Where all of a context's candidates start with the same token and type (the recipe's
+    reply speaker token, `<speaker1>`), that token has the same view and position in each,
+    so it runs once, right after the context, and every candidate's first index points there.
+
+    past_mask [P, M] (right-aligned, 1 on real columns): each context continues a cached
+    start of that many tokens (its persona, persona_cache.py), whose keys/values the pass
+    puts before its row: positions follow the start, and every token of the example sees it.
     """
+    used = torch.zeros(ctx_ids.size(0), dtype=torch.long, device=owner.device).index_add_(0, owner, cand_lengths) > 0
+    first = _shared_start(owner, cand_ids, cand_types, cand_lengths, ctx_ids.size(0))
+    if first is None:
+        return _pack(ctx_ids, ctx_types, ctx_mask, used, owner, cand_ids, cand_types, cand_lengths, past_mask)
+    rows = _pack(
+        torch.cat([ctx_ids, cand_ids.index_select(0, first)[:, :1]], 1),
+        None if ctx_types is None else torch.cat([ctx_types, cand_types.index_select(0, first)[:, :1]], 1),
+        torch.cat([ctx_mask.long(), used.long()[:, None]], 1), used, owner,
+        cand_ids[:, 1:], None if cand_types is None else cand_types[:, 1:], cand_lengths - 1, past_mask,
+    )
+    cand_index = torch.cat([rows.ctx_index.index_select(0, owner)[:, -1:], rows.cand_index], 1)
+    return replace(rows, cand_index=cand_index, ctx_index=rows.ctx_index[:, :-1])
+
+
+def _shared_start(owner, cand_ids, cand_types, cand_lengths, n_ctx):
+    """Each context's first candidate [P] (any index for a context without one) when every
+    candidate has a first token, the same (with its type) as its context's other ones; else None."""
+    n = owner.numel()
+    if n == 0 or cand_ids.size(1) == 0 or bool(cand_lengths.lt(1).any()):
+        return None
+    first = torch.full((n_ctx,), n, dtype=torch.long, device=owner.device)
+    first = first.scatter_reduce(0, owner, torch.arange(n, device=owner.device), "amin").clamp(max=n - 1)
+    same = cand_ids[:, 0].eq(cand_ids[first[owner], 0])
+    if cand_types is not None:
+        same &= cand_types[:, 0].eq(cand_types[first[owner], 0])
+    return first if bool(same.all()) else None
+
+
+def _pack(ctx_ids, ctx_types, ctx_mask, used, owner, cand_ids, cand_types, cand_lengths, past_mask):
+    """`pack` of the contexts `used` [P] (bool), each followed by its candidates."""
     dev = cand_ids.device
     n_ctx, n_cands, max_len = ctx_ids.size(0), cand_ids.size(0), cand_ids.size(1)
     ctx_len = ctx_mask.long().sum(1)
     cand_total = torch.zeros(n_ctx, dtype=torch.long, device=dev).index_add_(0, owner, cand_lengths)
-    ctx_len_l, cand_total_l = ctx_len.tolist(), cand_total.tolist()
-    used = [p for p in range(n_ctx) if cand_total_l[p] > 0]
-    lengths = [ctx_len_l[p] + cand_total_l[p] for p in used]
-    rows, starts, width = first_fit_rows(lengths, max(lengths, default=0))
+    ctx_len_l, cand_total_l, used_l = ctx_len.tolist(), cand_total.tolist(), used.tolist()
+    used_list = [p for p in range(n_ctx) if used_l[p]]
+    lengths = [ctx_len_l[p] + cand_total_l[p] for p in used_list]
+    if past_mask is None:
+        rows, starts, width = first_fit_rows(lengths, max(lengths, default=0))
+    else:  # one example to a row: a row's keys start with its example's cached start
+        rows, starts, width = list(range(len(lengths))), [0] * len(lengths), max(lengths, default=0)
+    past_len = torch.zeros(n_ctx, dtype=torch.long, device=dev) if past_mask is None else past_mask.long().sum(1)
     n_rows = max(rows, default=-1) + 1
     ex_row = torch.zeros(n_ctx, dtype=torch.long, device=dev)
     ex_start = torch.zeros(n_ctx, dtype=torch.long, device=dev)
-    if used:
-        idx = torch.tensor(used, device=dev)
+    if used_list:
+        idx = torch.tensor(used_list, device=dev)
         ex_row[idx] = torch.tensor(rows, device=dev)
         ex_start[idx] = torch.tensor(starts, device=dev)
 
@@ -95,11 +139,12 @@ def pack(ctx_ids, ctx_types, ctx_mask, owner, cand_ids, cand_types, cand_lengths
     cand_of = torch.full_like(ids, -2)  # padding columns: a candidate id nobody has
 
     # contexts: real tokens of used contexts, left-aligned at their example's start
-    in_ctx = ctx_mask.bool() & (cand_total > 0)[:, None]
+    in_ctx = ctx_mask.bool() & used[:, None]
     ctx_pos = (ctx_mask.long().cumsum(1) - 1).clamp(min=0)
     ctx_p = torch.arange(n_ctx, device=dev)[:, None].expand_as(ctx_ids)[in_ctx]
     r, c = ex_row[ctx_p], ex_start[ctx_p] + ctx_pos[in_ctx]
-    ids[r, c], positions[r, c], example[r, c], cand_of[r, c] = ctx_ids[in_ctx], ctx_pos[in_ctx], ctx_p, -1
+    ids[r, c], example[r, c], cand_of[r, c] = ctx_ids[in_ctx], ctx_p, -1
+    positions[r, c] = ctx_pos[in_ctx] + past_len[ctx_p]
     if types is not None:
         types[r, c] = ctx_types[in_ctx]
     ctx_index = torch.full(ctx_ids.shape, -1, dtype=torch.long, device=dev)
@@ -120,7 +165,7 @@ def pack(ctx_ids, ctx_types, ctx_mask, owner, cand_ids, cand_types, cand_lengths
     r = ex_row[owner][:, None].expand_as(cand_ids)[real]
     c = (cand_start[:, None] + steps[None, :])[real]
     ids[r, c] = cand_ids[real]
-    positions[r, c] = (ctx_len[owner][:, None] + steps[None, :])[real]
+    positions[r, c] = ((past_len + ctx_len)[owner][:, None] + steps[None, :])[real]
     example[r, c], cand_of[r, c] = owner[:, None].expand_as(cand_ids)[real], cand_n[real]
     if types is not None:
         types[r, c] = cand_types[real]
@@ -132,8 +177,13 @@ def pack(ctx_ids, ctx_types, ctx_mask, owner, cand_ids, cand_types, cand_lengths
     cols = torch.arange(width, device=dev)
     allowed = (example[:, :, None] == example[:, None, :]) & (cols[None, None, :] <= cols[None, :, None])
     allowed &= (cand_of[:, None, :] == -1) | (cand_of[:, None, :] == cand_of[:, :, None])
-    tokens = int(ctx_len[cand_total > 0].sum()) + int(cand_lengths.sum())
-    return PackedRows(ids, types, positions, allowed, cand_index, ctx_index, tokens)
+    tokens = int(ctx_len[used].sum()) + int(cand_lengths.sum())
+    if past_mask is None:
+        return PackedRows(ids, types, positions, allowed, cand_index, ctx_index, tokens)
+    row_context = torch.tensor(used_list, dtype=torch.long, device=dev)
+    sees_past = past_mask.bool().index_select(0, row_context)[:, None, :] & example.ge(0)[:, :, None]
+    return PackedRows(ids, types, positions, torch.cat([sees_past, allowed], 2), cand_index, ctx_index, tokens,
+                      row_context)
 
 
 def length_groups(ctx_mask, owner, cand_lengths, slack=PADDING_SLACK, max_groups=MAX_PASSES, max_tokens=None):

@@ -19,7 +19,7 @@ class TransfertransfoModel(TorchGeneratorModel):
         self.double_heads = double_heads
         self.special = special
         self.register_buffer("banned_ids", torch.tensor(banned_ids, dtype=torch.long), persistent=False)
-        # each chat's `<bos> + persona` keys/values, reused by its later turns (generation
+        # each chat's `<bos> + persona` keys/values, reused by its later turns (inference
         # only); None: every context runs whole
         self.persona_cache = persona_cache
         # evaluation: the contexts the last ranking pass ran, kept for the encoder (below)
@@ -31,13 +31,18 @@ class TransfertransfoModel(TorchGeneratorModel):
 
         In evaluation the same pass also keeps the contexts' keys/values: `eval_step` ranks
         the candidates first, then generates a reply to the very same contexts, and the
-        encoder continues them instead of running them a second time."""
+        encoder continues them instead of running them a second time. Each context's persona
+        start comes from the persona cache there too: the pass runs the rest of it."""
         self.ranked_contexts = None
         if not self._reuses_contexts():
             return self.double_heads.recipe_losses(*recipe_batch)
-        *out, prefix = self.double_heads.recipe_losses(*recipe_batch, keep_contexts=True)
+        ids, types, mask = recipe_batch[:3]
+        past, rest = None, (ids, types, mask)
+        if self._reuses_personas():  # each context's persona start from the cache: its history runs
+            past, rest = self.persona_cache.split(self.double_heads, ids, types, mask, self._persona_length)
+        *out, prefix = self.double_heads.recipe_losses(*rest, *recipe_batch[3:], keep_contexts=True, past=past)
         if prefix is not None:
-            ids, types, mask, owner, cand_ids, cand_types = recipe_batch[:6]
+            owner, cand_ids, cand_types = recipe_batch[3:6]
             first = first_candidates(owner, ids.size(0))
             starts = (cand_ids.index_select(0, first)[:, 0], cand_types.index_select(0, first)[:, 0])
             self.ranked_contexts = (ids, types, mask, starts, prefix)

@@ -46,6 +46,13 @@ class PersonaCache:
         """`heads.encode_prefix(ids, types, mask)` for LEFT-padded ids/types/mask [B, S],
         with each row's first `persona_length(real ids)` tokens read from the cache (or run
         and added to it). Every row keeps at least one token to run: its last logits."""
+        persona, rest = self.split(heads, ids, types, mask, persona_length)
+        return heads.encode_prefix(*rest, past=persona)
+
+    def split(self, heads, ids, types, mask, persona_length):
+        """(persona Prefix, (ids, types, mask) of the rest): each row's cached start, right-
+        aligned, and its other tokens, left-padded; the ranking pass continues the first with
+        the second as `encode` does."""
         self._check_weights(heads)
         rows = [_real(ids[i], types[i], mask[i]) for i in range(ids.size(0))]
         dtype = heads.lm.get_input_embeddings().weight.dtype
@@ -59,7 +66,7 @@ class PersonaCache:
         lengths = [len(k[0]) if k else 0 for k in keys]
         persona = _right_aligned([kvs[k] if k else None for k in keys], lengths, ids.device)
         rest = [(r_ids[p:], r_types[p:]) for (r_ids, r_types), p in zip(rows, lengths)]
-        return heads.encode_prefix(*_left_pad(rest, ids.device), past=persona)
+        return persona, _left_pad(rest, ids.device)
 
     def _check_weights(self, heads):
         """Empty the cache when any parameter was replaced, moved or changed in place."""
@@ -82,7 +89,7 @@ class PersonaCache:
                     missing.append(key)
                     self.misses += 1
         if missing:  # the new personas, in one call of their own
-            prefix = heads.encode_prefix(*_left_pad([(k[0], k[1]) for k in missing], device))
+            prefix = heads.encode_prefix(*_left_pad([(k[0], k[1]) for k in missing], device), logits=False)
             for i, key in enumerate(missing):
                 p = len(key[0])  # left-padded: the persona is the last p columns
                 kv = tuple((k[i:i + 1, :, -p:].clone(), v[i:i + 1, :, -p:].clone()) for k, v in prefix.kv)

@@ -8,16 +8,18 @@ import torch
 from parlai.core.worlds import create_task
 
 from parlai_transfertransfo.modeling import DoubleHeads
+from parlai_transfertransfo.persona_cache import PersonaCache
 from test_modeling import FIXTURES, SPEAKER1, context, left_pad, load
 from test_persona_cache import agent_for, chats_file  # noqa: F401  (a fixture)
 
 
-def evaluate(opt, agent, batchsize, reuse):
+def evaluate(opt, agent, batchsize, reuse, cache=None):
     """eval_model's loop: (message, reply, beam texts and scores, top 5 candidates, ppl)
-    per turn, sorted; and how many contexts the generator's encoder ran itself."""
+    per turn, sorted; and the rows of every `encode_prefix` call (the persona cache's
+    misses included)."""
     heads = agent.model.double_heads
     heads.candidate_path = "packed" if reuse else "cached"  # the cached path keeps nothing
-    agent.model.persona_cache = None
+    agent.model.persona_cache = cache
     encoded = []
     original = DoubleHeads.encode_prefix
 
@@ -62,6 +64,11 @@ def test_generation_from_the_ranked_contexts_equals_running_them_again(backbone,
     assert sum(again_encoded) == 2 * 6  # the cached path: each context for ranking, then for the generator
     alone, _ = evaluate(opt, agent, 1, reuse=True)  # and batched as alone
     assert_same(alone, again)
+    cache = PersonaCache()  # the ranking pass continues each persona's cached start
+    personas, persona_encoded = evaluate(opt, agent, 3, reuse=True, cache=cache)
+    assert_same(personas, again)
+    assert (cache.misses, cache.hits) == (3, 3)  # once per turn: the ranking pass's, kept for the generator
+    assert persona_encoded == [3]  # the first batch's three new personas, nothing else
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
@@ -120,3 +127,33 @@ def test_the_kept_contexts_are_the_encoders_own_across_passes_by_length(kind, re
         torch.testing.assert_close(k.transpose(1, 2)[real], want_k.transpose(1, 2)[real], atol=1e-5, rtol=0)
         torch.testing.assert_close(v.transpose(1, 2)[real], want_v.transpose(1, 2)[real], atol=1e-5, rtol=0)
     torch.testing.assert_close(prefix.last_logits, want.last_logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_cached_start_continued_by_the_packed_pass_scores_as_the_whole_context(kind, request):
+    """The persona cache's starts (20, 2 and 0 tokens of contexts of 60, 3 and 17) as the
+    packed passes' past: the same losses, MC logits and kept contexts as the whole contexts."""
+    from test_packing import ragged_batch
+    from test_modeling import right_pad
+
+    model = load(kind, request.getfixturevalue(FIXTURES[kind]))
+    contexts, cands, owner = ragged_batch()
+    contexts = contexts[:3]
+    starts = [(i[:n], t[:n]) for (i, t), n in zip(contexts, (20, 2, 0))]
+    rests = [(i[n:], t[n:]) for (i, t), n in zip(contexts, (20, 2, 0))]
+    lm_rows = torch.tensor([4, 0])
+    with torch.no_grad():
+        past = model.encode_prefix(*left_pad(starts))  # left-padded: each start right-aligned
+        *got, (prefix, start_hidden) = model.recipe_losses(*left_pad(rests), owner, *right_pad(cands), lm_rows,
+                                                          keep_contexts=True, past=past)
+        *want, (want_prefix, want_hidden) = model.recipe_losses(*left_pad(contexts), owner, *right_pad(cands),
+                                                               lm_rows, keep_contexts=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert prefix.next_position.tolist() == want_prefix.next_position.tolist() == [61, 4, 18]
+    torch.testing.assert_close(start_hidden, want_hidden, atol=1e-5, rtol=0)
+    for (k, v), (want_k, want_v) in zip(prefix.kv, want_prefix.kv):  # each row's real columns, in order
+        for row in range(3):
+            real, want_real = prefix.mask[row].bool(), want_prefix.mask[row].bool()
+            torch.testing.assert_close(k[row][:, real], want_k[row][:, want_real], atol=1e-5, rtol=0)
+            torch.testing.assert_close(v[row][:, real], want_v[row][:, want_real], atol=1e-5, rtol=0)

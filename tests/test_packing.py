@@ -37,6 +37,7 @@ def losses(model, path, contexts, cands, owner, lm_rows):
 
 def test_rows_hold_each_context_once_and_no_padding_but_at_their_end():
     contexts, cands, owner = ragged_batch()
+    cands[6][0][0] = 7  # context 1's candidates start differently: each runs its own start
     rows = pack(*left_pad(contexts), owner, *right_pad(cands))
     # examples: 60+40+12 = 112, 3+2+1+25 = 31, 17+5+3 = 25; context 3 (no candidate) left out
     assert rows.tokens == 112 + 31 + 25
@@ -54,6 +55,22 @@ def test_rows_hold_each_context_once_and_no_padding_but_at_their_end():
     first, second = rows.cand_index[1, 5], rows.cand_index[4, 0]  # both continue context 0
     assert rows.allowed.flatten(0, 1)[second].sum() == 60 + 1
     assert not rows.allowed.flatten(0, 1)[second].view(-1)[first % 112]
+
+
+def test_a_start_token_all_candidates_share_runs_once_after_the_context():
+    """The recipe's candidates all start with `<speaker1>`, at the position after the context:
+    it runs once per context, and every candidate's first index points at it."""
+    contexts, cands, owner = ragged_batch()
+    rows = pack(*left_pad(contexts), owner, *right_pad(cands))
+    assert rows.tokens == (60 + 1 + 39 + 11) + (3 + 1 + 1 + 0 + 24) + (17 + 1 + 4 + 2)
+    flat = rows.allowed.flatten(0, 1)
+    for i, (ids, _) in enumerate(cands):
+        n, where = len(contexts[owner[i]][0]), rows.cand_index[i, : len(ids)]
+        assert rows.ids.flatten()[where].tolist() == ids.tolist()
+        assert rows.positions.flatten()[where].tolist() == list(range(n, n + len(ids)))
+        assert where[0] == rows.cand_index[(owner == owner[i]).nonzero()[0, 0], 0]  # one start per context
+        assert [int(flat[w].sum()) for w in where] == [n + 1 + t for t in range(len(ids))]
+    assert rows.ctx_index.shape == left_pad(contexts)[0].shape
 
 
 def test_examples_go_into_passes_by_length_band():

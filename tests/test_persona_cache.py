@@ -86,9 +86,11 @@ def test_cached_personas_give_the_replies_and_scores_of_whole_contexts(backbone_
     whole = evaluate(opt, agent, 2, None)
     cache = PersonaCache()
     batched = evaluate(opt, agent, 2, cache)
-    assert (cache.misses, cache.hits) == (len(TURNS), sum(TURNS) - len(TURNS))  # each persona runs once
-    alone = evaluate(opt, agent, 1, cache)  # every persona read back
+    # each persona runs once; each turn reads it twice: its ppl pass, then the generator
+    # (the ppl pass's contexts are cut to the gold reply, so the generator runs its own)
     assert (cache.misses, cache.hits) == (len(TURNS), 2 * sum(TURNS) - len(TURNS))
+    alone = evaluate(opt, agent, 1, cache)  # every persona read back
+    assert (cache.misses, cache.hits) == (len(TURNS), 4 * sum(TURNS) - len(TURNS))
     assert len(batched) == sum(TURNS) and len({r[1] for r in batched}) > 2  # varied replies
     assert_same(batched, whole)
     assert_same(alone, whole)
