@@ -329,7 +329,10 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         gold = self._gold_candidates(batch)
         if gold is not None:  # evaluation: ppl and ranking from one pass (see ranking)
             model_inputs = self._candidate_inputs(batch)
-            token_loss, preds, batch.tt_candidate_scores = self._score_candidates(model_inputs, gold)
+            # generation follows in eval_step: the pass keeps the contexts for the generator
+            token_loss, preds, batch.tt_candidate_scores = self._score_candidates(
+                model_inputs, gold, keep_contexts=not self.skip_generation
+            )
             gold_rows = torch.tensor(gold, device=token_loss.device)
         else:
             model_inputs, cand_index = self._recipe_batch(batch, with_mc)
@@ -436,13 +439,14 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             start += len(cands)
         return gold
 
-    def _score_candidates(self, model_inputs, gold):
+    def _score_candidates(self, model_inputs, gold, keep_contexts=False):
         """One pass over the contexts and all their candidates: (token_nll, argmax) of the
-        gold replies' tokens, plus the ranking scores of every candidate."""
+        gold replies' tokens, plus the ranking scores of every candidate. keep_contexts: the
+        generator will continue these contexts (TransfertransfoModel.forward)."""
         lengths, n = model_inputs[6], model_inputs[3].size(0)
         by_lm = self.opt.get("rank_by", "mc") == "lm"
         lm_rows = torch.arange(n, device=lengths.device) if by_lm else torch.tensor(gold, device=lengths.device)
-        token_nll, argmax, mc_logits = self.model(*model_inputs, lm_rows)
+        token_nll, argmax, mc_logits = self.model(*model_inputs, lm_rows, keep_contexts=keep_contexts)
         if by_lm:
             scores = -(token_nll.sum(-1) / (lengths - 1).clamp(min=1))
             pick = torch.tensor(gold, device=lengths.device)

@@ -6,8 +6,8 @@
 - Llama-family causal LMs: the LM plus our own MC head, `nn.Linear(hidden, 1)`, with
   segments added the GPT way: `inputs_embeds = embed(ids) + embed(token_type_ids)`.
 
-Every path runs a shared context once: `recipe_losses` (training and ranking: each context
-and its candidates packed in one row, packing.py, with gradients when training), and
+Every path runs a shared context once: `recipe_losses` (training and ranking: contexts and
+their candidates in packed rows, packed_pass.py, with gradients when training), and
 `encode_prefix` / `extend` / `select` (incremental decoding from the KV cache;
 `score_candidates`, ranking over that cache, is the previous ranking path).
 `forward` runs whole (right-padded) sequences, the recipe's own layout, as a reference.
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parlai_transfertransfo import kv_cache, packing
+from parlai_transfertransfo import kv_cache, packed_pass, packing
 from parlai_transfertransfo.errors import TransfertransfoError
 
 GPT_DOUBLE_HEADS = {"gpt2": "GPT2DoubleHeadsModel", "openai-gpt": "OpenAIGPTDoubleHeadsModel"}
@@ -192,8 +192,8 @@ class DoubleHeads(nn.Module):
         past (inference): each context's cached start (persona_cache.py), which ids/types/
         mask continue, as in `encode_prefix`.
         """
-        kept = [] if keep_contexts else None
-        states, index = self._candidate_states(ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept, past)
+        states, index, kept = self._candidate_states(ids, types, mask, owner, cand_ids, cand_types, cand_lengths,
+                                                     past, keep_contexts)
         last = index.gather(1, (cand_lengths - 1).clamp(min=0)[:, None]).squeeze(1)
         mc_logits = self._mc_logits(states.index_select(0, last.clamp(min=0))[:, None], torch.zeros_like(last))
         targets = cand_ids.index_select(0, lm_rows)[:, 1:]
@@ -211,18 +211,12 @@ class DoubleHeads(nn.Module):
 
     def _context_prefix(self, kept, states, ctx_mask, past):
         """(Prefix, start hidden [P, H]) of `<cached start> <context> <speaker1>` from the
-        packed pass: its keys/values (kept by kv_cache.PackedPass) and positions; every token
-        had there the view and position it has in the encoder's own pass. Its last_logits is
-        left to `with_last_logits`, so ranking alone runs no LM head."""
-        if not kept:
+        packed pass (packed_pass.py): its keys/values and positions; every token had there
+        the view and position it has in the encoder's own pass. Its last_logits is left to
+        `with_last_logits`, so ranking alone runs no LM head."""
+        if kept is None:
             return None
-        kv = [columns.kept() for _, columns, _ in kept]
-        kv = tuple((torch.cat([p[i][0] for p in kv]), torch.cat([p[i][1] for p in kv])) for i in range(len(kv[0])))
-        start = torch.cat([s for _, _, s in kept])
-        if kept[0][0] is not None:  # passes by length band: back to the contexts' order
-            order = torch.argsort(torch.cat([contexts for contexts, _, _ in kept]))
-            kv = tuple((k.index_select(0, order), v.index_select(0, order)) for k, v in kv)
-            start = start.index_select(0, order)
+        kv, start = kept
         mask = torch.cat([ctx_mask.long(), torch.ones_like(ctx_mask[:, :1]).long()], 1)
         if past is not None:
             mask = torch.cat([past.mask.long(), mask], 1)
@@ -233,71 +227,26 @@ class DoubleHeads(nn.Module):
         """`prefix` with the next-token logits of its rows' last hidden states [B, H]."""
         return replace(prefix, last_logits=self._lm_logits(last_hidden))
 
-    def _candidate_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept=None, past=None):
+    def _candidate_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, past=None,
+                          keep_contexts=False):
         """Hidden states of the candidates continuing their contexts: (states [X, H], index
-        [N, L]), index[i, t] the row of `states` for token t of candidate i (-1: padding).
+        [N, L], kept), index[i, t] the row of `states` for token t of candidate i (-1: padding).
 
-        "packed" (the default): contexts and candidates in packed rows, one forward pass
-        (packing.py): nothing is padded to the longest candidate or context. "cached": the
+        "packed" (the default): contexts and candidates in packed rows (packed_pass.py):
+        nothing is padded to the longest candidate or context; with keep_contexts, `kept`
+        holds the contexts' keys/values for the generator (else None). "cached": the
         previous path, kept selectable for side-by-side benchmarks: the left-padded contexts
         run first, then each context's candidates in one row over its cache, padded to the
         longest such row. OpenAI GPT (no 4D masks, no cache) and sliding-window models (the
         custom mask would lift the window) take the cached path's one row per candidate.
-
-        `kept` (a list): where every context owns a candidate, the packed pass also keeps its
-        contexts' keys/values with their first candidate's first token: (its contexts,
-        kv_cache.PackedPass, that token's index in `states` [P]) per pass are appended to it.
         """
-        if past is not None and past.kv is None:  # no context has a cached start
-            past = None
         if self.candidate_path == "packed" and self._packs():
-            return self._packed_states(ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept, past)
+            return packed_pass.candidate_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths,
+                                                past, keep_contexts)
         hidden, cand_mask = self._continue(self.encode_prefix(ids, types, mask, past), owner, cand_ids,
                                            cand_types, cand_lengths)
         index = torch.arange(cand_mask.numel(), device=cand_mask.device).view_as(cand_mask)
-        return hidden.reshape(-1, hidden.size(-1)), index.masked_fill(~cand_mask.bool(), -1)
-
-    def _packed_states(self, ids, types, mask, owner, cand_ids, cand_types, cand_lengths, kept, past):
-        """`_candidate_states` over packed rows, one pass per band of similar example lengths
-        (packing.length_groups): a row is as wide as the longest example of its pass, and
-        ConvAI2's examples (context + 20 candidates) are mostly one to a row. On a CPU,
-        passes of at most packing.CPU_PASS_TOKENS tokens. With `past`, each row's keys start
-        with its context's cached start."""
-        keep = kept is not None and first_candidates(owner, ids.size(0)) is not None and bool(cand_lengths.gt(0).all())
-        cpu = ids.device.type == "cpu"
-        groups = packing.length_groups(mask, owner, cand_lengths, max_tokens=packing.CPU_PASS_TOKENS if cpu else None)
-        if len(groups) == 1 and len(groups[0][0]) == ids.size(0):  # one pass over the batch as it is
-            groups = [(None, None)]
-        dtype = self.lm.get_input_embeddings().weight.dtype
-        states, index, offset = [], torch.full_like(cand_ids, -1), 0
-        for contexts, cands in groups:
-            part = (ids, types, mask, owner, cand_ids, cand_types, cand_lengths)
-            part_past = past
-            if contexts is not None:
-                part = packing.select(part, contexts, cands)
-                part_past = None if past is None else self.select(past, contexts)
-            rows = packing.pack(*part, past_mask=None if part_past is None else part_past.mask)
-            self._check_positions(rows.positions)
-            row_past, keep_index, start = None, None, None
-            if part_past is not None:
-                row_past = [(k.index_select(0, rows.row_context), v.index_select(0, rows.row_context))
-                            for k, v in part_past.kv]
-            if keep:
-                start = rows.cand_index[first_candidates(part[3], part[0].size(0)), 0]
-                keep_index = _key_columns(rows, part_past, torch.cat([rows.ctx_index.clamp(min=0), start[:, None]], 1))
-            columns = kv_cache.PackedPass(self.config.num_hidden_layers, row_past, keep_index)
-            if keep:
-                kept.append((contexts, columns, start + offset))
-            cache = columns.cache if (keep or row_past is not None) else None
-            hidden = self._hidden(rows.ids, rows.types, rows.mask(dtype), rows.positions, cache)
-            states.append(hidden.reshape(-1, hidden.size(-1)))
-            at = rows.cand_index.masked_fill(rows.cand_index.lt(0), -1 - offset) + offset
-            if cands is None:
-                index = at
-            else:
-                index[cands] = at
-            offset += states[-1].size(0)
-        return torch.cat(states) if len(states) > 1 else states[0], index
+        return hidden.reshape(-1, hidden.size(-1)), index.masked_fill(~cand_mask.bool(), -1), None
 
     def _packs(self):
         return self.kind != "openai-gpt" and not getattr(self.config, "sliding_window", None)
@@ -431,9 +380,8 @@ class DoubleHeads(nn.Module):
         same = (which[:, :, None] == which[:, None, :]) & (offset[:, None, :] <= offset[:, :, None])
         same &= which[:, None, :].ge(0)
         see = torch.cat([prefix.mask.bool()[:, None, :].expand(rows, width, -1), same], dim=2)
-        dtype = self.lm.get_input_embeddings().weight.dtype
-        mask4d = torch.zeros(see.shape, dtype=dtype, device=dev).masked_fill(~see, torch.finfo(dtype).min)
-        hidden = self._hidden(packed_ids, packed_types, mask4d[:, None], positions, self._cache(prefix))
+        mask4d = packing.additive_mask(see, self.lm.get_input_embeddings().weight.dtype)
+        hidden = self._hidden(packed_ids, packed_types, mask4d, positions, self._cache(prefix))
         out = hidden.new_zeros(cand_ids.size(0), cand_ids.size(1), hidden.size(-1))
         out[real] = hidden[cand_rows, cols]
         return out, cand_mask
@@ -491,25 +439,3 @@ class DoubleHeads(nn.Module):
         )
         out = hidden.new_zeros(ids.size(0), ids.size(1), hidden.size(-1))
         return out.scatter(1, order[..., None].expand_as(hidden), hidden)
-
-
-def _key_columns(rows, past, index):
-    """Flat columns index [P, S] of a packed pass's rows [R * W] as columns of its keys
-    [R * (M + W)], each context's M cached-start columns (past.mask, right-aligned) first."""
-    if past is None:
-        return index
-    width, m = rows.ids.size(1), past.mask.size(1)
-    keys = index // width * (m + width) + m + index % width
-    row_of = torch.zeros(index.size(0), dtype=torch.long, device=index.device)
-    row_of[rows.row_context] = torch.arange(rows.row_context.numel(), device=index.device)
-    start = row_of[:, None] * (m + width) + torch.arange(m, device=index.device)[None, :]
-    return torch.cat([start, keys], 1)
-
-
-def first_candidates(owner, contexts):
-    """Each context's first candidate [P] (owner [N]: each candidate's context), or None
-    when some context has none."""
-    n = owner.numel()
-    first = torch.full((contexts,), n, dtype=torch.long, device=owner.device)
-    first = first.scatter_reduce(0, owner, torch.arange(n, device=owner.device), "amin")
-    return None if bool(first.eq(n).any()) else first

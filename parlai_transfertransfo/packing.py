@@ -1,9 +1,9 @@
-"""Contexts and their candidates packed into rows: one forward pass, no padding inside.
+"""Contexts and their candidates packed into rows for a forward pass, no padding inside.
 
 The recipe scores every candidate as a whole sequence, context + candidate. Here each
 context runs once and its candidates follow it in the same row, back to back:
 
-    row:   [ context A | cand A1 | cand A2 | ... | context B | cand B1 | ... | pad ]
+    row:   [ context A | <speaker1> | cand A1 | cand A2 | ... | context B | ... | pad ]
 
 A block-diagonal attention mask gives every token exactly the view it has in the recipe's
 own sequence: a context token sees its context up to itself; a candidate token sees its
@@ -13,6 +13,10 @@ recipe's hidden state, while the context costs its own length once, candidates c
 own length (no padding to the longest one), and short examples share a row with others
 instead of being padded to the longest. Rows are filled first-fit, longest example first,
 up to the longest example's length, so padding is only what is left at the end of a row.
+The reply's speaker token, the same first token of every candidate, runs once per context.
+
+`length_groups` splits a batch into passes by length band; `pack(past_mask=...)` lets each
+example continue a cached start (one example to a row). packed_pass.py runs the passes.
 
 Nothing here depends on the backbone: the rows go through the model's ordinary forward
 with `position_ids` and a 4D additive attention mask (any module that accepts those).
@@ -49,9 +53,15 @@ class PackedRows:
     row_context: torch.Tensor | None = None
 
     def mask(self, dtype):
-        """[R, 1, W, M + W] additive mask in `dtype`: 0 where allowed, the dtype's minimum elsewhere."""
-        zeros = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
-        return zeros.masked_fill(~self.allowed, torch.finfo(dtype).min)[:, None]
+        """[R, 1, W, M + W] additive mask in `dtype` (see `additive_mask`)."""
+        return additive_mask(self.allowed, dtype)
+
+
+def additive_mask(allowed, dtype):
+    """[R, 1, Q, K] additive attention mask for allowed [R, Q, K] (bool): 0 where allowed, the
+    dtype's minimum elsewhere, as the backbones take a 4D mask."""
+    zeros = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return zeros.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def first_fit_rows(lengths, capacity):
@@ -95,14 +105,27 @@ def pack(ctx_ids, ctx_types, ctx_mask, owner, cand_ids, cand_types, cand_lengths
     return replace(rows, cand_index=cand_index, ctx_index=rows.ctx_index[:, :-1])
 
 
+def first_candidates(owner, contexts):
+    """Each context's first candidate [P] (owner [N]: each candidate's context), or None
+    when some context has none."""
+    first = _first_of(owner, contexts)
+    return None if bool(first.eq(owner.numel()).any()) else first
+
+
+def _first_of(owner, contexts):
+    """Each context's first candidate [P]; N (none) for a context without one."""
+    n = owner.numel()
+    first = torch.full((contexts,), n, dtype=torch.long, device=owner.device)
+    return first.scatter_reduce(0, owner, torch.arange(n, device=owner.device), "amin")
+
+
 def _shared_start(owner, cand_ids, cand_types, cand_lengths, n_ctx):
     """Each context's first candidate [P] (any index for a context without one) when every
     candidate has a first token, the same (with its type) as its context's other ones; else None."""
     n = owner.numel()
     if n == 0 or cand_ids.size(1) == 0 or bool(cand_lengths.lt(1).any()):
         return None
-    first = torch.full((n_ctx,), n, dtype=torch.long, device=owner.device)
-    first = first.scatter_reduce(0, owner, torch.arange(n, device=owner.device), "amin").clamp(max=n - 1)
+    first = _first_of(owner, n_ctx).clamp(max=n - 1)
     same = cand_ids[:, 0].eq(cand_ids[first[owner], 0])
     if cand_types is not None:
         same &= cand_types[:, 0].eq(cand_types[first[owner], 0])

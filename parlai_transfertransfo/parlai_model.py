@@ -2,7 +2,7 @@
 import torch
 from parlai.core.torch_generator_agent import TorchGeneratorModel
 
-from parlai_transfertransfo.modeling import first_candidates
+from parlai_transfertransfo.packing import first_candidates
 
 
 class TransfertransfoModel(TorchGeneratorModel):
@@ -25,22 +25,26 @@ class TransfertransfoModel(TorchGeneratorModel):
         # evaluation: the contexts the last ranking pass ran, kept for the encoder (below)
         self.ranked_contexts = None
 
-    def forward(self, *recipe_batch):
+    def forward(self, *recipe_batch, keep_contexts=False):
         """Training: contexts + candidates -> (token_nll, token_argmax, mc_logits); see
         `DoubleHeads.recipe_losses`. Through `forward`, so DDP synchronises the gradients.
 
-        In evaluation the same pass also keeps the contexts' keys/values: `eval_step` ranks
-        the candidates first, then generates a reply to the very same contexts, and the
-        encoder continues them instead of running them a second time. Each context's persona
-        start comes from the persona cache there too: the pass runs the rest of it."""
+        Inference: each context's persona start comes from the persona cache, and the pass
+        runs the rest. With keep_contexts (`eval_step` ranks the candidates, then generates
+        a reply to the very same contexts), the pass also keeps the contexts' keys/values,
+        and the encoder continues them instead of running them a second time."""
         self.ranked_contexts = None
-        if not self._reuses_contexts():
+        if not self._inference():
             return self.double_heads.recipe_losses(*recipe_batch)
         ids, types, mask = recipe_batch[:3]
         past, rest = None, (ids, types, mask)
-        if self._reuses_personas():  # each context's persona start from the cache: its history runs
+        if self._reuses_personas():
             past, rest = self.persona_cache.split(self.double_heads, ids, types, mask, self._persona_length)
-        *out, prefix = self.double_heads.recipe_losses(*rest, *recipe_batch[3:], keep_contexts=True, past=past)
+        keep = keep_contexts and self.double_heads.candidate_path == "packed" and self.double_heads.reuses_prefixes()
+        out = self.double_heads.recipe_losses(*rest, *recipe_batch[3:], keep_contexts=keep, past=past)
+        if not keep:
+            return out
+        *out, prefix = out
         if prefix is not None:
             owner, cand_ids, cand_types = recipe_batch[3:6]
             first = first_candidates(owner, ids.size(0))
@@ -74,17 +78,14 @@ class TransfertransfoModel(TorchGeneratorModel):
         prefix, start_hidden = ranked[4]
         return self.double_heads.with_last_logits(prefix, start_hidden)
 
-    def _reuses_contexts(self):
-        """Inference only (no dropout, no gradients), on the packed ranking path."""
-        heads = self.double_heads
-        return (not self.training and not torch.is_grad_enabled() and heads.candidate_path == "packed"
-                and heads.reuses_prefixes())
+    def _inference(self):
+        """No dropout, no gradients: keys/values computed now are what later passes compute."""
+        return not self.training and not torch.is_grad_enabled()
 
     def _reuses_personas(self):
-        """Only for inference (no dropout, no gradients), and only where a cached start can
-        be continued across padding (modeling.DoubleHeads.reuses_prefixes)."""
-        return (self.persona_cache is not None and not self.training and not torch.is_grad_enabled()
-                and self.double_heads.reuses_prefixes())
+        """Inference only, and only where a cached start can be continued across padding
+        (modeling.DoubleHeads.reuses_prefixes)."""
+        return self.persona_cache is not None and self._inference() and self.double_heads.reuses_prefixes()
 
     def _persona_length(self, ids):
         """Tokens of `<bos> + persona` at the start of a context: up to its first speaker token."""

@@ -51,8 +51,8 @@ class PersonaCache:
 
     def split(self, heads, ids, types, mask, persona_length):
         """(persona Prefix, (ids, types, mask) of the rest): each row's cached start, right-
-        aligned, and its other tokens, left-padded; the ranking pass continues the first with
-        the second as `encode` does."""
+        aligned (None where no row has one), and its other tokens, left-padded; the ranking
+        pass continues the first with the second as `encode` does."""
         self._check_weights(heads)
         rows = [_real(ids[i], types[i], mask[i]) for i in range(ids.size(0))]
         dtype = heads.lm.get_input_embeddings().weight.dtype
@@ -64,9 +64,10 @@ class PersonaCache:
             keys.append((tuple(r_ids[:p]), tuple(r_types[:p]), dtype, ids.device) if p > 0 else None)
         kvs = self._lookup_or_run(heads, keys, ids.device)
         lengths = [len(k[0]) if k else 0 for k in keys]
-        persona = _right_aligned([kvs[k] if k else None for k in keys], lengths, ids.device)
-        rest = [(r_ids[p:], r_types[p:]) for (r_ids, r_types), p in zip(rows, lengths)]
-        return persona, _left_pad(rest, ids.device)
+        rest = _left_pad([(r_ids[p:], r_types[p:]) for (r_ids, r_types), p in zip(rows, lengths)], ids.device)
+        if not any(lengths):
+            return None, rest
+        return _right_aligned([kvs[k] if k else None for k in keys], lengths, ids.device), rest
 
     def _check_weights(self, heads):
         """Empty the cache when any parameter was replaced, moved or changed in place."""
@@ -127,27 +128,24 @@ def _left_pad(rows, device):
 
 
 def _right_aligned(kvs, lengths, device):
-    """Rows' persona keys/values as one Prefix, right-aligned in [B, h, P, d] (P: the
-    longest; a row without one is all padding). last_logits is None: the rest of each
-    context always follows."""
+    """Rows' persona keys/values (at least one row has one) as one Prefix, right-aligned in
+    [B, h, P, d] (P: the longest; a row without one is all padding). last_logits is None:
+    the rest of each context always follows."""
     batch, width = len(kvs), max(lengths)
     mask = torch.zeros((batch, width), dtype=torch.long, device=device)
     for i, p in enumerate(lengths):
         if p:
             mask[i, width - p:] = 1
-    kv = None
-    sample = next((row for row in kvs if row is not None), None)
-    if sample is not None:
-        kv = []
-        for layer, (ref_k, ref_v) in enumerate(sample):
-            parts_k, parts_v = [], []
-            for row, p in zip(kvs, lengths):
-                k, v = row[layer] if row is not None else (ref_k[:, :, :0], ref_v[:, :, :0])
-                parts_k.append(F.pad(k, (0, 0, width - p, 0)))
-                parts_v.append(F.pad(v, (0, 0, width - p, 0)))
-            kv.append((torch.cat(parts_k, 0), torch.cat(parts_v, 0)))
-        kv = tuple(kv)
+    sample = next(row for row in kvs if row is not None)
+    kv = []
+    for layer, (ref_k, ref_v) in enumerate(sample):
+        parts_k, parts_v = [], []
+        for row, p in zip(kvs, lengths):
+            k, v = row[layer] if row is not None else (ref_k[:, :, :0], ref_v[:, :, :0])
+            parts_k.append(F.pad(k, (0, 0, width - p, 0)))
+            parts_v.append(F.pad(v, (0, 0, width - p, 0)))
+        kv.append((torch.cat(parts_k, 0), torch.cat(parts_v, 0)))
     return Prefix(
-        kv=kv, ids=None, types=None, mask=mask,
+        kv=tuple(kv), ids=None, types=None, mask=mask,
         next_position=torch.tensor(lengths, dtype=torch.long, device=device), last_logits=None,
     )

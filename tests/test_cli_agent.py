@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from benchmarks.kill_resume import first_dialogs  # noqa: F401 (other test files import it from here)
+from benchmarks.kill_resume import first_dialogs
 from conftest import TEST_DATA, free_port, teacher
 from parlai_transfertransfo import inputs
 

@@ -13,7 +13,7 @@ from dataclasses import astuple
 import pytest
 import torch
 
-from test_cli_agent import first_dialogs
+from benchmarks.kill_resume import first_dialogs
 
 PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
 

@@ -200,7 +200,7 @@ def final_report(output):
 
 @pytest.fixture(scope="module")
 def lora_trained(tmp_path_factory, tiny_llama_dir):
-    from test_cli_agent import first_dialogs
+    from benchmarks.kill_resume import first_dialogs
 
     out = tmp_path_factory.mktemp("lora")
     dialogs = first_dialogs(4, out / "four.txt")

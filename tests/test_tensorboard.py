@@ -7,7 +7,8 @@ import os
 import pytest
 
 from conftest import run_parlai
-from test_cli_agent import first_dialogs, reports
+from benchmarks.kill_resume import first_dialogs
+from test_cli_agent import reports
 
 
 def scalars(logdir):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from conftest import run_parlai
 from parlai_transfertransfo.word_ppl import WordPPLMetric, count_words, reply_metrics
-from test_cli_agent import first_dialogs
+from benchmarks.kill_resume import first_dialogs
 
 PERSONA = ["i read twenty books a year.", "i'm a stunt double as my second job.", "i only eat kosher.",
            "i was raised in a single parent household."]

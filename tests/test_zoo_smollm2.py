@@ -79,7 +79,8 @@ def test_parlai_eval_and_interactive_load_the_built_model(built, tiny_artifact, 
     from parlai.core.agents import create_agent_from_model_file
 
     from eval_helpers import evaluate
-    from test_cli_agent import first_dialogs, parlai, reports
+    from benchmarks.kill_resume import first_dialogs
+    from test_cli_agent import parlai, reports
 
     model_file = built[0]
     dialogs = first_dialogs(2, tmp_path / "two.txt")
