@@ -4,7 +4,8 @@
 Two measurements:
 - `run_real`: consecutive real ConvAI2 validation examples (the shipped dialogs' held-out
   last 100), at `-bs 1` and `-bs 16`, the agent's packed path and the previous cached path
-  (`DoubleHeads.candidate_path`), beside the token-count limit for exactly those examples;
+  (`DoubleHeads.candidate_path`, every context run whole: no persona cache), beside the
+  token-count limit for exactly those examples;
 - `run`: one selected ~200-token context (the earlier, single-example row).
 
 Baseline (`convai_evaluation.py`, `TransformerAgent.act` with eval_type hits@1): every
@@ -61,15 +62,17 @@ def run_real(model, workdir, device, reps, dialogs, n_examples=16):
     full, shared = map(sum, zip(*(token_counts(agent, o) for o in observations)))
 
     # Same computation first: both paths, both batch sizes, rank alike to 1e-4.
-    scores = {}
+    scores, personas = {}, agent.model.persona_cache
     for path in ("cached", "packed"):
         heads.candidate_path = path
+        agent.model.persona_cache = personas if path == "packed" else None
         for bs in (1, 16):
             got = []
             for i in range(0, len(msgs), bs):
                 out = agent.batch_act([observed(agent, m) for m in msgs[i:i + bs]])
                 got += [o["text_candidates"] for o in out]
             scores[path, bs] = got
+    agent.model.persona_cache = personas
     if len({str(v) for v in scores.values()}) != 1:
         raise AssertionError(f"P2 real {model}: the paths or batch sizes rank differently")
     theirs = full_sequence_scores(agent, observations[0], device).float()
@@ -82,11 +85,15 @@ def run_real(model, workdir, device, reps, dialogs, n_examples=16):
         raise AssertionError(f"P2 real {model}: scores differ from the full sequences by {diff:.2e}")
 
     def agent_eval(path, bs):
-        def step():
+        def step():  # the previous path ran every context whole: no persona cache
             heads.candidate_path = path
-            for i in range(0, len(msgs), bs):
-                out = agent.batch_act([observed(agent, m) for m in msgs[i:i + bs]])
-                assert all(o.get("text_candidates") for o in out)
+            agent.model.persona_cache = personas if path == "packed" else None
+            try:
+                for i in range(0, len(msgs), bs):
+                    out = agent.batch_act([observed(agent, m) for m in msgs[i:i + bs]])
+                    assert all(o.get("text_candidates") for o in out)
+            finally:
+                agent.model.persona_cache = personas
         return step
 
     def full_sequences():
