@@ -15,6 +15,9 @@ The agent runs the context once and scores the candidates as continuations of it
 Two agent sides: with `eval_labels` (what eval_model does: gold LM loss for ppl + ranking)
 and with candidates only (ranking alone).
 """
+import contextlib
+import functools
+
 import torch
 
 from benchmarks.common import batchify, context_near, double_heads, interleaved, make_agent, message, observed
@@ -61,22 +64,31 @@ def run_real(model, workdir, device, reps, dialogs, n_examples=16):
     observations = [observed(agent, m) for m in msgs]
     full, shared = map(sum, zip(*(token_counts(agent, o) for o in observations)))
 
-    # Same computation first: both paths, both batch sizes, rank alike to 1e-4.
-    scores, personas = {}, agent.model.persona_cache
-    for path in ("cached", "packed"):
+    personas = agent.model.persona_cache
+
+    @contextlib.contextmanager
+    def as_it_ran(path):  # the previous path ran every context whole: no persona cache
         heads.candidate_path = path
         agent.model.persona_cache = personas if path == "packed" else None
-        for bs in (1, 16):
-            got = []
+        try:
+            yield
+        finally:
+            heads.candidate_path, agent.model.persona_cache = "packed", personas
+
+    def rank(path, bs):  # eval_model's batches: every example's ranked candidates
+        got = []
+        with as_it_ran(path):
             for i in range(0, len(msgs), bs):
                 out = agent.batch_act([observed(agent, m) for m in msgs[i:i + bs]])
+                assert all(o.get("text_candidates") for o in out)
                 got += [o["text_candidates"] for o in out]
-            scores[path, bs] = got
-    agent.model.persona_cache = personas
+        return got
+
+    # Same computation first: both paths, both batch sizes, rank alike to 1e-4.
+    scores = {(path, bs): rank(path, bs) for path in ("cached", "packed") for bs in (1, 16)}
     if len({str(v) for v in scores.values()}) != 1:
         raise AssertionError(f"P2 real {model}: the paths or batch sizes rank differently")
     theirs = full_sequence_scores(agent, observations[0], device).float()
-    heads.candidate_path = "packed"
     batch = batchify(agent, [observed(agent, msgs[0])])
     choices, ours = agent.rank_eval_label_candidates(batch, 1)
     ours = dict(zip(choices[0], ours[0].float().tolist()))
@@ -84,28 +96,15 @@ def run_real(model, workdir, device, reps, dialogs, n_examples=16):
     if diff > 1e-4:
         raise AssertionError(f"P2 real {model}: scores differ from the full sequences by {diff:.2e}")
 
-    def agent_eval(path, bs):
-        def step():  # the previous path ran every context whole: no persona cache
-            heads.candidate_path = path
-            agent.model.persona_cache = personas if path == "packed" else None
-            try:
-                for i in range(0, len(msgs), bs):
-                    out = agent.batch_act([observed(agent, m) for m in msgs[i:i + bs]])
-                    assert all(o.get("text_candidates") for o in out)
-            finally:
-                agent.model.persona_cache = personas
-        return step
-
     def full_sequences():
         for m in msgs:
             full_sequence_scores(agent, observed(agent, m), device)
 
     sides = {"full-sequence scoring (convai_evaluation.py)": full_sequences}
     for bs in (1, 16):
-        sides[f"agent eval_step -bs {bs}: ppl + hits@1"] = agent_eval("packed", bs)
-        sides[f"previous cached path -bs {bs}"] = agent_eval("cached", bs)
+        sides[f"agent eval_step -bs {bs}: ppl + hits@1"] = functools.partial(rank, "packed", bs)
+        sides[f"previous cached path -bs {bs}"] = functools.partial(rank, "cached", bs)
     times = interleaved(sides, reps, device)
-    heads.candidate_path = "packed"
     per_example = {k: [t / len(msgs) for t in v] for k, v in times.items()}
     return {"examples": len(msgs), "candidates": sum(len(m["label_candidates"]) for m in msgs),
             "limit": full / shared, "full_tokens": full, "shared_tokens": shared,

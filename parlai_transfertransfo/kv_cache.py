@@ -123,17 +123,17 @@ class _PackedLayer(DynamicLayer):
 
 
 def _columns(states, index):
-    """states [R, h, W, d] at flat columns index [B, S] (row * W + column) -> [B, h, S, d]:
-    only those columns are copied."""
-    width = states.shape[2]
-    return states[index // width, :, index % width].transpose(1, 2).contiguous()  # [B, S, h, d] -> [B, h, S, d]
+    """states [R, h, W, d] at index = (rows, columns) [B, S] -> [B, h, S, d]: only those
+    columns are copied."""
+    rows, columns = index
+    return states[rows, :, columns].transpose(1, 2).contiguous()  # [B, S, h, d] -> [B, h, S, d]
 
 
 class PackedPass:
     """The cache of one packed pass (packing.py): each row's keys/values continue its
-    cached start `past` (per layer (keys, values) [R, h, M, d], or None), and those at flat
-    columns `keep` [B, S] (row * (M + W) + column, or None) of every layer are kept, in that
-    [B, S] layout: `kept()` after the pass."""
+    cached start `past` (per layer (keys, values) [R, h, M, d], or None), and those at
+    `keep` = (rows, columns) [B, S] (of [R, M + W], or None) of every layer are kept, in
+    that [B, S] layout: `kept()` after the pass."""
 
     def __init__(self, layers, past=None, keep=None):
         past = past or [None] * layers

@@ -67,16 +67,17 @@ def candidate_states(heads, ids, types, mask, owner, cand_ids, cand_types, cand_
 
 
 def _key_columns(rows, past_mask, index):
-    """Flat columns index [P, S] of a pass's rows [R * W] as columns of its keys
-    [R * (M + W)], each context's M cached-start columns (past_mask, right-aligned) first."""
+    """Flat columns index [P, S] of a pass's rows [R * W] as (row, column) [P, M + S] of its
+    keys [R, M + W], each context's M cached-start columns (past_mask, right-aligned) first."""
+    width = rows.ids.size(1)
+    row, column = index // width, index % width
     if past_mask is None:
-        return index
-    width, m = rows.ids.size(1), past_mask.size(1)
-    keys = index // width * (m + width) + m + index % width
+        return row, column
+    m = past_mask.size(1)
     row_of = torch.zeros(index.size(0), dtype=torch.long, device=index.device)
     row_of[rows.row_context] = torch.arange(rows.row_context.numel(), device=index.device)
-    start = row_of[:, None] * (m + width) + torch.arange(m, device=index.device)[None, :]
-    return torch.cat([start, keys], 1)
+    start = torch.arange(m, device=index.device)[None, :].expand(index.size(0), m)
+    return torch.cat([row_of[:, None].expand_as(start), row], 1), torch.cat([start, column + m], 1)
 
 
 def _in_context_order(kept):

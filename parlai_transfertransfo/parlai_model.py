@@ -40,12 +40,11 @@ class TransfertransfoModel(TorchGeneratorModel):
         past, rest = None, (ids, types, mask)
         if self._reuses_personas():
             past, rest = self.persona_cache.split(self.double_heads, ids, types, mask, self._persona_length)
-        keep = keep_contexts and self.double_heads.candidate_path == "packed" and self.double_heads.reuses_prefixes()
-        out = self.double_heads.recipe_losses(*rest, *recipe_batch[3:], keep_contexts=keep, past=past)
-        if not keep:
+        out = self.double_heads.recipe_losses(*rest, *recipe_batch[3:], keep_contexts=keep_contexts, past=past)
+        if not keep_contexts:
             return out
         *out, prefix = out
-        if prefix is not None:
+        if prefix is not None:  # None where the pass keeps nothing (the cached path, OpenAI GPT)
             owner, cand_ids, cand_types = recipe_batch[3:6]
             first = first_candidates(owner, ids.size(0))
             starts = (cand_ids.index_select(0, first)[:, 0], cand_types.index_select(0, first)[:, 0])
