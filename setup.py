@@ -6,7 +6,7 @@ runtime dependencies it really imports are declared here instead.  install.sh do
 
 A one-line `.pth` file is installed next to the package so that every Python process
 (spawned DDP workers included) registers our agent, zoo entries, tasks and scripts with
-ParlAI; see parlai_transfertransfo/registration.py.
+ParlAI; see parlai_transfertransfo/plugin/registration.py.
 """
 import os
 
@@ -14,7 +14,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HOOK = "parlai_transfertransfo.pth"
-HOOK_LINE = "import parlai_transfertransfo.registration as r; r.install_from_pth()\n"
+HOOK_LINE = "import parlai_transfertransfo.plugin.registration as r; r.install_from_pth()\n"
 
 PARLAI_RUNTIME = [
     # what `import parlai.core.*` and the scripts we use really import
@@ -82,7 +82,12 @@ setup(
     python_requires=">=3.10",
     packages=[
         "parlai_transfertransfo",
+        "parlai_transfertransfo.recipe",
+        "parlai_transfertransfo.weights",
+        "parlai_transfertransfo.agent",
+        "parlai_transfertransfo.tools",
         "parlai_transfertransfo.plugin",
+        "parlai_transfertransfo.plugin.compat",
         "parlai_transfertransfo.plugin.agents",
         "parlai_transfertransfo.plugin.agents.transfertransfo",
         "parlai_transfertransfo.scripts",

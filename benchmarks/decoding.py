@@ -11,7 +11,7 @@ the agent's `--beam-min-length 20` does), so greedy decoding must give the same 
 import torch
 
 from benchmarks.common import double_heads, interleaved, make_agent, message, observed
-from parlai_transfertransfo import inputs
+from parlai_transfertransfo.recipe import segments
 
 STEPS = 20
 
@@ -37,7 +37,7 @@ def no_cache_loop(heads, persona, history, special, device):
     lm, banned, out = heads.lm, _banned(special, heads.vocab_size), []
     with torch.no_grad():
         for _ in range(STEPS):
-            inst = inputs.build_instance(persona, history, out, special, with_eos=False)
+            inst = segments.build_instance(persona, history, out, special, with_eos=False)
             ids = torch.tensor([inst["input_ids"]], device=device)
             types = torch.tensor([inst["token_type_ids"]], device=device)
             if heads.kind == "gpt2":

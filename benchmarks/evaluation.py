@@ -32,7 +32,8 @@ def previous_path(agent):
     """The agent as it evaluated before issue 16's changes (see the module docstring)."""
     from transformers.cache_utils import DynamicLayer
 
-    from parlai_transfertransfo import kv_cache, nucleus
+    from parlai_transfertransfo.agent import nucleus
+    from parlai_transfertransfo.recipe import kv_cache
 
     heads, model = double_heads(agent), agent.model
     saved = (heads.candidate_path, model.persona_cache, nucleus.faster, kv_cache.GrowingLayer.update)

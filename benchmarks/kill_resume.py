@@ -140,10 +140,10 @@ def check_model_files(model_file):
     """Facts about one model file set, or Broken. None when it does not exist (yet)."""
     from transformers import AutoTokenizer
 
-    from parlai_transfertransfo import backbones
-    from parlai_transfertransfo.checkpointing import TRAINSTATS_KEY
+    from parlai_transfertransfo.weights import backbones
+    from parlai_transfertransfo.agent.checkpointing import TRAINSTATS_KEY
     from parlai_transfertransfo.errors import TransfertransfoError
-    from parlai_transfertransfo.safe_load import load_states
+    from parlai_transfertransfo.weights.safe_load import load_states
 
     if not os.path.exists(model_file):
         return None

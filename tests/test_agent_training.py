@@ -9,7 +9,7 @@ from parlai.core.agents import create_agent
 from parlai.core.message import Message
 from parlai.core.params import ParlaiParser
 
-from parlai_transfertransfo import inputs
+from parlai_transfertransfo.recipe import segments
 from test_agent import CONVAI2_800, first_example, make_agent
 
 
@@ -67,10 +67,10 @@ def whole_sequence_losses(agent, batch, n_candidates):
     the mean cross-entropy of each example's candidates (distractors first, gold last)."""
     heads, nll, tokens, mc = agent.model.double_heads, 0.0, 0, []
     for (persona, history), label, cands in zip(batch.segments, batch.labels, batch.candidates):
-        replies = inputs.distractors(label, cands, n_candidates - 1) + [label]
+        replies = segments.distractors(label, cands, n_candidates - 1) + [label]
         logits = []
         for reply in replies:
-            instance = inputs.build_instance(persona, history, agent.dict.txt2vec(reply), agent.special)
+            instance = segments.build_instance(persona, history, agent.dict.txt2vec(reply), agent.special)
             with torch.no_grad():
                 lm_logits, mc_logit = heads(torch.tensor([instance["input_ids"]]),
                                             torch.tensor([instance["token_type_ids"]]),
@@ -145,8 +145,8 @@ def test_personality_permutations_train_every_rotation_and_report_once_per_examp
     for e, (persona, history) in enumerate(batch.segments):
         rotated = [persona[-1]] + persona[:-1]
         assert rotated != persona
-        assert contexts[2 * e] == inputs.build_prefix(persona, history, agent.special)[0]
-        assert contexts[2 * e + 1] == inputs.build_prefix(rotated, history, agent.special)[0]
+        assert contexts[2 * e] == segments.build_prefix(persona, history, agent.special)[0]
+        assert contexts[2 * e + 1] == segments.build_prefix(rotated, history, agent.special)[0]
     replies = agent.batch_act(observed(agent, examples))
     assert len(replies) == 2
     assert [r["metrics"]["mc_acc"]._denom for r in replies] == [2, 2]  # both rotations, pooled
@@ -155,7 +155,7 @@ def test_personality_permutations_train_every_rotation_and_report_once_per_examp
 def test_a_new_model_file_gets_the_recipes_defaults(tiny_gpt2_dir, tmp_path):
     """Nothing but the model: lr 6.25e-5 with AdamW, gradient clipping at 1.0, and nucleus
     sampling with top-p 0.9 at temperature 0.7, in the saved .opt and in what is built."""
-    from parlai_transfertransfo.nucleus import TopKNucleusSampling
+    from parlai_transfertransfo.agent.nucleus import TopKNucleusSampling
 
     opt = ParlaiParser(True, True).parse_args([
         "-m", "transfertransfo", "--model-name", tiny_gpt2_dir, "-mf", str(tmp_path / "model"),

@@ -7,14 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from parlai_transfertransfo import backbones
-from parlai_transfertransfo.backbones import (
-    GgufWeights,
-    double_heads_from_config,
-    load_config,
-    load_config_file,
-    load_double_heads,
-    save_config,
+from parlai_transfertransfo.weights import backbones
+from parlai_transfertransfo.weights.backbones import (
+    double_heads_from_config, load_config, load_config_file, load_double_heads, save_config, GgufWeights,
 )
 from parlai_transfertransfo.errors import TransfertransfoError
 

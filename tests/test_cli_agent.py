@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.kill_resume import first_dialogs
 from conftest import TEST_DATA, free_port, teacher
-from parlai_transfertransfo import inputs
+from parlai_transfertransfo.recipe import segments
 
 PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
 CONVAI2_800 = os.path.join(TEST_DATA, "convai2", "valid_self_original_800.txt")
@@ -168,7 +168,7 @@ def test_interactive_answers_each_piped_line_and_exits(trained):
     from parlai.core.agents import create_agent_from_model_file
 
     from conftest import gpt2_tokenizer
-    from parlai_transfertransfo.agents import DEFAULT_PERSONA
+    from parlai_transfertransfo.agent.transfertransfo import DEFAULT_PERSONA
     from test_agent import uncached_greedy
 
     model_file, _ = trained
@@ -187,7 +187,7 @@ def test_interactive_answers_each_piped_line_and_exits(trained):
     heads = agent.model.double_heads.eval()
 
     def reply_to(history):
-        ids, types, reply_type = inputs.build_prefix(persona, history, special)
+        ids, types, reply_type = segments.build_prefix(persona, history, special)
         return uncached_greedy(heads, ids, types, reply_type, special, 20, no_repeat=True)
 
     for line in lines:
@@ -201,7 +201,7 @@ def test_interactive_answers_each_piped_line_and_exits(trained):
     assert {special.eos, special.speaker2, special.bos} <= set(as_control)
 
     def next_token_logits(history):  # what the reply's first token is drawn from
-        ids, types, reply_type = inputs.build_prefix(persona, history, special)
+        ids, types, reply_type = segments.build_prefix(persona, history, special)
         with torch.no_grad():
             lm, _ = heads(torch.tensor([ids + [special.speaker1]]), torch.tensor([types + [reply_type]]))
         return lm[0, -1]

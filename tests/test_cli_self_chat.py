@@ -151,7 +151,7 @@ def test_the_bot_opens_from_its_persona_alone_with_the_recipes_inputs(decoding, 
     from parlai.core.agents import create_agent
     from parlai.core.params import ParlaiParser
 
-    from parlai_transfertransfo import inputs
+    from parlai_transfertransfo.recipe import segments
 
     opt = ParlaiParser(True, True).parse_args([
         "-m", "transfertransfo", "--model-name", tiny_gpt2_dir, "--datapath", str(tmp_path),
@@ -161,7 +161,7 @@ def test_the_bot_opens_from_its_persona_alone_with_the_recipes_inputs(decoding, 
     persona = ["i like to remodel homes .", "i like to go hunting ."]
     obs = agent.observe(Message({"text": persona_text(persona), "episode_done": False}))
     reply = [7, 8]
-    instance = inputs.build_instance([agent.dict.txt2vec(s) for s in persona], [], reply, agent.special)
+    instance = segments.build_instance([agent.dict.txt2vec(s) for s in persona], [], reply, agent.special)
     prefix = len(instance["input_ids"]) - len(reply) - 2  # before <speaker1> reply <eos>
     assert obs["text_vec"].tolist() == instance["input_ids"][:prefix]
     assert obs["text_types"].tolist() == instance["token_type_ids"][:prefix]
@@ -184,7 +184,7 @@ def test_each_turn_generates_for_a_whole_batch_of_chats_in_one_model_call(
 ):
     """4 chats of 3 turns, -bs 3: each speaker generates once per turn for the first three
     chats together, then for the fourth alone (with -bs 1: once per chat and turn)."""
-    from parlai_transfertransfo.agents import TransfertransfoAgent
+    from parlai_transfertransfo.agent.transfertransfo import TransfertransfoAgent
 
     gpt2, _, data = models
     generate, sizes = TransfertransfoAgent._generate, []
@@ -231,7 +231,7 @@ def test_a_missing_partner_model_is_one_line_on_the_command_line(models, tmp_pat
      "--partner-model-file zoo:transfertransfo/nope/model: no such zoo model"),
 ])
 def test_nonsense_options_stop_before_any_model_loads(args, message, models, monkeypatch):
-    from parlai_transfertransfo.agents import TransfertransfoAgent
+    from parlai_transfertransfo.agent.transfertransfo import TransfertransfoAgent
 
     monkeypatch.setattr(TransfertransfoAgent, "__init__", lambda *a, **k: pytest.fail("a model loaded"))
     gpt2, _, data = models
@@ -241,7 +241,7 @@ def test_nonsense_options_stop_before_any_model_loads(args, message, models, mon
     assert "\n" not in str(err.value)
 
 
-# ---- the compat patches (compat.py, self-chat section): each breakage is real -------------
+# ---- the compat patches (plugin/compat/self_chat.py, convai2_worlds.py): each breakage is real -------------
 def both_file_dialogs():
     """Three `convai2:both` dialogs (ParlAI's text format): each side's persona, one exchange."""
     lines = []

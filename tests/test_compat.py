@@ -1,10 +1,10 @@
-"""Each ParlAI-1.7.2 patch in compat.py: the breakage is real and the patch fixes it."""
+"""Each ParlAI-1.7.2 patch in plugin/compat/: the breakage is real and the patch fixes it."""
 import inspect
 
 import pytest
 import torch
 
-from parlai_transfertransfo import compat, registration
+from parlai_transfertransfo.plugin import compat, registration
 
 registration.install()
 

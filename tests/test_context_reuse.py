@@ -7,9 +7,9 @@ import pytest
 import torch
 from parlai.core.worlds import create_task
 
-from parlai_transfertransfo.modeling import DoubleHeads
-from parlai_transfertransfo.persona_cache import PersonaCache
-from test_modeling import FIXTURES, SPEAKER1, context, left_pad, load
+from parlai_transfertransfo.recipe.double_heads import DoubleHeads
+from parlai_transfertransfo.recipe.persona_cache import PersonaCache
+from test_double_heads import FIXTURES, SPEAKER1, context, left_pad, load
 from test_persona_cache import agent_for, chats_file  # noqa: F401  (a fixture)
 
 
@@ -104,7 +104,7 @@ def test_the_kept_contexts_are_the_encoders_own_across_passes_by_length(kind, re
     band (packing.length_groups); each context's kept keys/values, positions and start
     logits equal the encoder's pass over `<context> <speaker1>`."""
     from test_packing import ragged_batch
-    from test_modeling import right_pad
+    from test_double_heads import right_pad
 
     model = load(kind, request.getfixturevalue(FIXTURES[kind]))
     contexts, cands, owner = ragged_batch()
@@ -134,7 +134,7 @@ def test_a_cached_start_continued_by_the_packed_pass_scores_as_the_whole_context
     """The persona cache's starts (20, 2 and 0 tokens of contexts of 60, 3 and 17) as the
     packed passes' past: the same losses, MC logits and kept contexts as the whole contexts."""
     from test_packing import ragged_batch
-    from test_modeling import right_pad
+    from test_double_heads import right_pad
 
     model = load(kind, request.getfixturevalue(FIXTURES[kind]))
     contexts, cands, owner = ragged_batch()

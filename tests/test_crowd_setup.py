@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO, free_port
-from parlai_transfertransfo import compat, registration
+from parlai_transfertransfo.plugin import compat, registration
 
 registration.install()
 LAUNCH = [sys.executable, "-m", "parlai_transfertransfo.crowdsourcing.model_chat"]
@@ -51,7 +51,7 @@ def test_mephisto_configs_get_fresh_defaults():
 
 
 def test_a_changed_upstream_file_fails_loudly_instead_of_half_patched():
-    with pytest.raises(ImportError, match="update compat.py"):
+    with pytest.raises(ImportError, match="update plugin/compat"):
         compat.fix_mephisto_hydra_config_source("task: TaskRunArgs = TaskRunArgs(x=1)")
 
 

@@ -9,14 +9,10 @@ import huggingface_hub.constants
 import pytest
 from conftest import gpt2_tokenizer
 
-from parlai_transfertransfo.dictionary import (
-    TransfertransfoDictionaryAgent,
-    add_special_tokens,
-    load_tokenizer,
-    special_ids,
-)
+from parlai_transfertransfo.agent.dictionary import TransfertransfoDictionaryAgent
+from parlai_transfertransfo.weights.tokenizers import add_special_tokens, load_tokenizer, special_ids
 from parlai_transfertransfo.errors import TransfertransfoError
-from parlai_transfertransfo.inputs import SpecialIds
+from parlai_transfertransfo.recipe.segments import SpecialIds
 
 BOS, EOS, PAD, SPEAKER1, SPEAKER2 = 50257, 50258, 50259, 50260, 50261
 ENDOFTEXT = 50256
@@ -125,7 +121,7 @@ def test_parlai_build_dict_takes_it_as_prebuilt(tiny_gpt2_dir, tmp_path):
 
     opt = {
         "dict_file": str(tmp_path / "model.dict"),
-        "dict_class": "parlai_transfertransfo.dictionary:TransfertransfoDictionaryAgent",
+        "dict_class": "parlai_transfertransfo.agent.dictionary:TransfertransfoDictionaryAgent",
         "model_name": tiny_gpt2_dir,
     }
     dictionary = build_dict(opt)

@@ -58,11 +58,11 @@ def agent_double_heads(model_file):
 
 def recipe_input(dictionary):
     """One context with two candidate replies, as the recipe builds them: [1, 2, T]."""
-    from parlai_transfertransfo import inputs
+    from parlai_transfertransfo.recipe import segments
 
     persona = [dictionary.txt2vec("i like to ski.")]
     history = [dictionary.txt2vec("hi! do you ski?")]
-    rows = [inputs.build_instance(persona, history, dictionary.txt2vec(reply), dictionary.special)
+    rows = [segments.build_instance(persona, history, dictionary.txt2vec(reply), dictionary.special)
             for reply in ("yes, every winter.", "i have two dogs.")]
     width = max(len(r["input_ids"]) for r in rows)
     pad = dictionary.special.pad
@@ -85,7 +85,7 @@ def test_export_writes_a_save_pretrained_folder(gpt2_model, tmp_path):
 def test_gpt2_export_loads_in_transformers_with_the_fine_tuned_heads(gpt2_model, tmp_path):
     from transformers import AutoTokenizer, GPT2DoubleHeadsModel
 
-    from parlai_transfertransfo.convert import export_pretrained
+    from parlai_transfertransfo.weights.model_files import export_pretrained
 
     export_pretrained(gpt2_model, str(tmp_path / "export"))
     exported = GPT2DoubleHeadsModel.from_pretrained(tmp_path / "export").eval()
@@ -106,7 +106,7 @@ def test_llama_export_loads_as_a_causal_lm_with_the_mc_head_beside_it(llama_mode
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from parlai_transfertransfo.convert import export_pretrained
+    from parlai_transfertransfo.weights.model_files import export_pretrained
 
     files = export_pretrained(llama_model, str(tmp_path / "export"))
     assert "mc_head.safetensors" in files
@@ -134,8 +134,8 @@ def _assert_same_weights(got, want):
 
 
 def test_gpt2_export_as_model_name_starts_from_the_fine_tuned_double_heads(gpt2_model, tmp_path):
-    from parlai_transfertransfo import backbones
-    from parlai_transfertransfo.convert import export_pretrained
+    from parlai_transfertransfo.weights import backbones
+    from parlai_transfertransfo.weights.model_files import export_pretrained
 
     export_pretrained(gpt2_model, str(tmp_path / "export"))
     fine_tuned, _ = agent_double_heads(gpt2_model)
@@ -143,8 +143,8 @@ def test_gpt2_export_as_model_name_starts_from_the_fine_tuned_double_heads(gpt2_
 
 
 def test_llama_export_as_model_name_starts_from_the_fine_tuned_mc_head(llama_model, tmp_path):
-    from parlai_transfertransfo import backbones
-    from parlai_transfertransfo.convert import export_pretrained
+    from parlai_transfertransfo.weights import backbones
+    from parlai_transfertransfo.weights.model_files import export_pretrained
 
     export_pretrained(llama_model, str(tmp_path / "export"))
     fine_tuned, _ = agent_double_heads(llama_model)
@@ -152,7 +152,7 @@ def test_llama_export_as_model_name_starts_from_the_fine_tuned_mc_head(llama_mod
 
 
 def test_export_fine_tunes_further_through_the_cli(gpt2_model, two_dialogs, tmp_path):
-    from parlai_transfertransfo.convert import export_pretrained
+    from parlai_transfertransfo.weights.model_files import export_pretrained
 
     export_pretrained(gpt2_model, str(tmp_path / "export"))
     proc = parlai(

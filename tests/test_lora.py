@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from parlai_transfertransfo import backbones, lora
+from parlai_transfertransfo.weights import backbones, lora, model_files
 from parlai_transfertransfo.errors import TransfertransfoError
 
 PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
@@ -226,7 +226,7 @@ def test_cli_lora_model_file_keeps_the_backbone_and_extracts_a_small_adapter(lor
         assert torch.equal(state["double_heads." + wrapped][:50257], backbone[key][:50257]), key
     assert state["double_heads.lm.model.layers.1.mlp.down_proj.lora_B.default.weight"].abs().sum() > 0
 
-    files = lora.extract_adapter(model_file, str(out / "adapter"))
+    files = model_files.extract_adapter(model_file, str(out / "adapter"))
     assert files == ["adapter_config.json", "adapter_model.safetensors", "mc_head.safetensors", "transfertransfo.json"]
     info = lora.read_adapter_info(str(out / "adapter"))
     assert (info["rank"], info["alpha"], info["backbone"], info["new_token_ids"]) == (4, 16.0, tiny_llama_dir, NEW_IDS)
@@ -234,11 +234,11 @@ def test_cli_lora_model_file_keeps_the_backbone_and_extracts_a_small_adapter(lor
 
 
 def test_zoo_build_from_the_extracted_adapter_scores_like_the_lora_model(lora_trained, tmp_path):
-    from parlai_transfertransfo.convert import export_pretrained
+    from parlai_transfertransfo.weights.model_files import export_pretrained
     from parlai_transfertransfo.zoo.transfertransfo.smollm2_135m import build
 
     model_file, dialogs, out = lora_trained
-    lora.extract_adapter(model_file, str(tmp_path / "adapter"))
+    model_files.extract_adapter(model_file, str(tmp_path / "adapter"))
     built = build(str(tmp_path / "zoo_data"), str(tmp_path / "adapter"))
     common = ["-t", "convai2_file", "--convai2-file", dialogs, "--valid-split", 0, "-bs", 8,
               "--skip-generation", "true", "--datapath", out / "eval"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from parlai.core.torch_generator_agent import NucleusSampling
 
-from parlai_transfertransfo.nucleus import FIRST_K, TopKNucleusSampling, faster
+from parlai_transfertransfo.agent.nucleus import faster, FIRST_K, TopKNucleusSampling
 
 
 def logprobs(rows, vocab, temperature, seed):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from parlai.core.message import Message
 
-from parlai_transfertransfo import agents
-from parlai_transfertransfo.packing import first_fit_rows, length_groups, pack
+from parlai_transfertransfo.agent import ranking
+from parlai_transfertransfo.recipe.packing import first_fit_rows, length_groups, pack
 from test_agent import first_example, make_agent
-from test_modeling import FIXTURES, candidate, context, full_sequence_scores, left_pad, load, right_pad
+from test_double_heads import FIXTURES, candidate, context, full_sequence_scores, left_pad, load, right_pad
 
 BACKBONES = ["gpt2", "openai-gpt", "llama"]
 
@@ -194,7 +194,7 @@ def test_a_ragged_batch_ranks_every_example_as_it_ranks_alone(first_has_candidat
     messages = examples_with(tail)
     assert len(messages[1]["label_candidates"]) == 100
     notes = []
-    monkeypatch.setattr(agents, "warn_once", notes.append)
+    monkeypatch.setattr(ranking, "warn_once", notes.append)
     together = ranked(gpt2_agent, messages)
     alone = [ranked(gpt2_agent, [m])[0] for m in messages]
     for m, got, want in zip(messages, together, alone):

@@ -12,8 +12,8 @@ from parlai.core.worlds import create_task
 from transformers import MistralConfig, MistralForCausalLM
 
 from conftest import TEST_DATA
-from parlai_transfertransfo.modeling import DoubleHeads
-from parlai_transfertransfo.persona_cache import PersonaCache
+from parlai_transfertransfo.recipe.double_heads import DoubleHeads
+from parlai_transfertransfo.recipe.persona_cache import PersonaCache
 
 CONVAI2_800 = os.path.join(TEST_DATA, "convai2", "valid_self_original_800.txt")
 TURNS = (1, 3, 2)  # of the first real dialogs: at -bs 2, a new persona joins a batch with a known one

@@ -41,7 +41,7 @@ def run(args, cwd=REPO, python=PY, env=None):
 
 
 def _check_resolution(out):
-    assert "agent parlai_transfertransfo.agents TransfertransfoAgent" in out
+    assert "agent parlai_transfertransfo.agent.transfertransfo TransfertransfoAgent" in out
     for task in TASKS:
         assert f"task {task} " in out
     for entry in ZOO_ENTRIES:

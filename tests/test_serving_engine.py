@@ -172,7 +172,7 @@ def test_a_cancelled_request_leaves_the_batch_and_the_others_finish(agent):
 def test_padded_batch_continues_each_context_as_alone(backbone, request):
     """kv_batch: contexts of different lengths joined (left padding) and trimmed again
     give each row the next-token logits it gets alone."""
-    from parlai_transfertransfo import backbones
+    from parlai_transfertransfo.weights import backbones
 
     heads = backbones.load_double_heads(request.getfixturevalue(backbone)).eval()
     contexts = [[1, 10, 11, 12, 13, 14, 15], [1, 20, 21]]

@@ -15,8 +15,8 @@ import torch
 
 from benchmarks.kill_resume import kill_resume
 from conftest import TEST_DATA
-from parlai_transfertransfo import checkpointing
-from parlai_transfertransfo.safe_load import load_states
+from parlai_transfertransfo.weights import atomic_files
+from parlai_transfertransfo.weights.safe_load import load_states
 
 SAVED = os.path.join(TEST_DATA, "trust", "saved_before_safe_loading")
 
@@ -32,15 +32,15 @@ def test_train_model_killed_twice_resumes_from_its_checkpoint_each_time(tmp_path
 
 def test_a_failed_write_leaves_the_previous_file_whole(tmp_path):
     path = tmp_path / "model"
-    with checkpointing.atomic_file(str(path)) as tmp:
+    with atomic_files.atomic_file(str(path)) as tmp:
         torch.save({"model": {"w": torch.ones(2)}}, tmp)
     with pytest.raises(RuntimeError, match="disk full"):
-        with checkpointing.atomic_file(str(path)) as tmp:
+        with atomic_files.atomic_file(str(path)) as tmp:
             open(tmp, "wb").write(b"half a mod")
             raise RuntimeError("disk full")
     assert torch.equal(load_states(str(path))["model"]["w"], torch.ones(2))
     assert os.listdir(tmp_path) == ["model"]  # no temporary file left behind
-    assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~checkpointing.UMASK)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~atomic_files.UMASK)
 
 
 @pytest.fixture

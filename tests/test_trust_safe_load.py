@@ -20,7 +20,7 @@ from parlai.core.params import ParlaiParser
 from conftest import TEST_DATA
 from trust_helpers import run_parlai
 from parlai_transfertransfo.errors import TransfertransfoError
-from parlai_transfertransfo.safe_load import UnsafeModelFile, load_states
+from parlai_transfertransfo.weights.safe_load import load_states, UnsafeModelFile
 
 SAVED_BEFORE = os.path.join(TEST_DATA, "trust", "saved_before_safe_loading")
 
@@ -70,7 +70,7 @@ def test_crafted_model_file_is_refused_in_one_line_before_it_runs(old_model, tmp
 @pytest.mark.parametrize("zip_format", [True, False], ids=["torch.save", "plain pickle"])
 def test_every_route_into_a_model_file_is_weights_only(old_model, tmp_path, zip_format):
     """--init-model, .checkpoint (a resume), export and the LoRA adapter extractor too."""
-    from parlai_transfertransfo import convert, lora
+    from parlai_transfertransfo.weights import model_files
 
     witness = tmp_path / "PWNED"
     checkpoint = old_model + ".checkpoint"
@@ -81,14 +81,14 @@ def test_every_route_into_a_model_file_is_weights_only(old_model, tmp_path, zip_
     with pytest.raises(TransfertransfoError, match=f"load {checkpoint}"):
         create_agent(opt)
     with pytest.raises(TransfertransfoError, match=f"load {checkpoint}"):
-        convert.export_pretrained(checkpoint, str(tmp_path / "export"))
+        model_files.export_pretrained(checkpoint, str(tmp_path / "export"))
     with pytest.raises(TransfertransfoError, match=f"load {checkpoint}"):
-        lora.extract_adapter(checkpoint, str(tmp_path / "adapter"))
+        model_files.extract_adapter(checkpoint, str(tmp_path / "adapter"))
     assert not witness.exists()
 
 
 def test_the_released_checkpoint_converter_refuses_code(tmp_path):
-    from parlai_transfertransfo.convert import load_legacy_double_heads
+    from parlai_transfertransfo.weights.convert import load_legacy_double_heads
 
     witness = tmp_path / "PWNED"
     for name in ("config.json", "vocab.json", "merges.txt"):

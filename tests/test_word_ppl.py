@@ -2,7 +2,7 @@
 ConvAI2 split it, pooled over a dataset as total NLL over total words.
 
 By hand: the first two examples of the real ConvAI2 validation dialogs, scored by a tiny
-random Llama through the recipe's own whole-sequence layout (`inputs.build_instance` +
+random Llama through the recipe's own whole-sequence layout (`segments.build_instance` +
 `DoubleHeads.forward`), against what `parlai eval_model` reports.
 """
 import json
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_parlai
-from parlai_transfertransfo.word_ppl import WordPPLMetric, count_words, reply_metrics
+from parlai_transfertransfo.agent.word_ppl import count_words, reply_metrics, WordPPLMetric
 from benchmarks.kill_resume import first_dialogs
 
 PERSONA = ["i read twenty books a year.", "i'm a stunt double as my second job.", "i only eat kosher.",
@@ -56,7 +56,7 @@ def test_a_reply_of_no_words_adds_its_nll_and_no_words_without_dividing_by_zero(
 @pytest.fixture(scope="module")
 def tiny_model_file(tmp_path_factory, tiny_llama_dir):
     """A transfertransfo model file over the tiny Llama (no training), and its DoubleHeads."""
-    from parlai_transfertransfo.convert import _write_model_file
+    from parlai_transfertransfo.weights.model_files import write_model_file as _write_model_file
     from test_export import agent_double_heads
 
     out = tmp_path_factory.mktemp("wppl")
@@ -67,9 +67,9 @@ def tiny_model_file(tmp_path_factory, tiny_llama_dir):
 
 def nll_by_hand(double_heads, dictionary, history, reply):
     """Summed NLL of the reply's tokens and `<eos>`, from the recipe's whole sequence."""
-    from parlai_transfertransfo import inputs
+    from parlai_transfertransfo.recipe import segments
 
-    instance = inputs.build_instance([dictionary.txt2vec(p) for p in PERSONA],
+    instance = segments.build_instance([dictionary.txt2vec(p) for p in PERSONA],
                                      [dictionary.txt2vec(h) for h in history],
                                      dictionary.txt2vec(reply), dictionary.special)
     ids, types = torch.tensor([instance["input_ids"]]), torch.tensor([instance["token_type_ids"]])

@@ -203,7 +203,7 @@ def test_eval_model_on_the_zoo_entry_scores_like_the_original_checkpoint(zoo_dat
     transformers model, put in the agent's place and evaluated here on the same examples
     (one at a time: batches would take the first example of 4 dialogs instead)."""
     from eval_helpers import evaluate
-    from parlai_transfertransfo.modeling import DoubleHeads
+    from parlai_transfertransfo.recipe.double_heads import DoubleHeads
 
     task = ["-t", "convai2_file", "--convai2-file", CONVAI2_800, "--valid-split", 0, "--datapath", zoo_datapath]
     proc = parlai("eval_model", "-mf", ENTRY, *task, "--num-examples", 8, "-bs", 1, "--skip-generation", "true")
@@ -220,7 +220,7 @@ def test_eval_model_on_the_zoo_entry_scores_like_the_original_checkpoint(zoo_dat
 
 
 def test_archive_extracted_to_a_folder_converts_too(release, tmp_path):
-    from parlai_transfertransfo.convert import convert_personachat_checkpoint
+    from parlai_transfertransfo.weights.convert import convert_personachat_checkpoint
 
     archive, original, _ = release
     with tarfile.open(archive) as tar:
@@ -257,7 +257,7 @@ def test_a_corrupt_archive_is_one_clear_line(tmp_path):
 def test_the_converted_model_exports_back_to_an_openai_gpt_folder(zoo_datapath, release, tmp_path):
     from transformers import AutoTokenizer, OpenAIGPTDoubleHeadsModel
 
-    from parlai_transfertransfo.convert import export_pretrained
+    from parlai_transfertransfo.weights.model_files import export_pretrained
 
     _, original, n_bpe = release
     model_file = os.path.join(zoo_datapath, "models", "transfertransfo", "gpt_personachat", "model")

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from parlai_transfertransfo import lora
+from parlai_transfertransfo.weights import lora
 from parlai_transfertransfo.errors import TransfertransfoError
 from parlai_transfertransfo.zoo.transfertransfo import smollm2_135m
 from test_lora import LEGACY, NEW_IDS, assert_same_outputs, legacy_view, outputs, tiny_double_heads
@@ -130,7 +130,7 @@ def test_shipped_adapter_scores_and_replies_as_the_artifact_it_was_converted_fro
     those the zoo model built from the hand-written-LoRA artifact gave (recorded in
     tests/data/zoo_smollm2_135m_reference.json before the conversion). Built into the
     session's SmolLM2 datapath, where tests/test_zoo_smollm2_shipped.py finds it built."""
-    from parlai_transfertransfo import dev_outputs
+    from parlai_transfertransfo.tools import dev_outputs
 
     with open(REFERENCE) as f:
         before = json.load(f)

@@ -10,10 +10,12 @@ The set-up every task here shares (built once, for live chats and ACUTE-Eval ali
 - `frontend`: the pages (`<task>/frontend/`, built by `npm ci` + `npm run build`) and
   Mephisto's node router, built at install time; `copy_prebuilt` for a TaskBuilder;
 - `stats`: means and proportions with 95% CIs, significance tests, Markdown/CSV/PNG output.
-The Mephisto and ParlAI-crowdsourcing fixes live in ../compat.py (crowdsourcing section).
+The Mephisto and ParlAI-crowdsourcing fixes live in ../plugin/compat/ (mephisto_*.py and others).
 
 Tasks: `model_chat/` (ConvAI2-style live chats:
 `python -m parlai_transfertransfo.crowdsourcing.model_chat`, `parlai model_chat_results`);
 `acute_eval/` (ACUTE-Eval of self-chats: `python -m
 parlai_transfertransfo.crowdsourcing.acute_eval`, `parlai acute_eval_results`).
+
+An app: may import the agent, weights, data, the recipe and self-chat. Never the plugin.
 """

@@ -2,7 +2,7 @@
 
 Mephisto keeps one global data directory (asked on stdin, or `~/.mephisto/config.yml`) and
 runs its node router from `site-packages/tmp/`.  Here every run names its own directory
-(`mephisto_data_dir`; TRANSFERTRANSFO_MEPHISTO_DIR in the environment, read by compat.py's
+(`mephisto_data_dir`; TRANSFERTRANSFO_MEPHISTO_DIR in the environment, read by plugin/compat/mephisto_dirs.py's
 Mephisto patches), which holds its database, the routers' working folders and a record of
 the router processes it started, so that the next launch can stop one that a SIGKILL left
 behind.  Nothing under `~/.mephisto` is read or written.

@@ -3,4 +3,7 @@ from local files, and the persona source for interactive chat.
 
 Every reader here fails with one `TransfertransfoError` naming the file and line (or JSON
 path) and what is wrong, instead of a traceback from deep inside a ParlAI teacher.
+
+May import: `parlai_transfertransfo.errors` and ParlAI. Never the agent or the apps: the
+agent (its default persona) and ParlAI's teachers (tasks/) read from here.
 """

@@ -25,7 +25,7 @@ def setup_args(parser=None):
     group.add_argument("-mf", "--model-file", type=str, default=None,
                        help="the transfertransfo model file (zoo: paths work)")
     group.add_argument("--out", type=str, default=None, help="folder to write (created if missing)")
-    from parlai_transfertransfo.safe_load import add_cmdline_args
+    from parlai_transfertransfo.weights.safe_load import add_cmdline_args
 
     add_cmdline_args(group)
     group.add_argument("--adapter", type="bool", default=False,
@@ -42,12 +42,12 @@ class ExportTransfertransfo(ParlaiScript):
     def run(self):
         from parlai.core.build_data import modelzoo_path
 
-        from parlai_transfertransfo.convert import export_pretrained
+        from parlai_transfertransfo.weights.model_files import export_pretrained
 
         if not self.opt.get("model_file") or not self.opt.get("out"):
             raise TransfertransfoError("export_transfertransfo needs -mf MODEL_FILE and --out DIR")
         model_file = modelzoo_path(self.opt.get("datapath"), self.opt["model_file"])
-        from parlai_transfertransfo.safe_load import trusted
+        from parlai_transfertransfo.weights.safe_load import trusted
 
         files = export_pretrained(model_file, self.opt["out"], adapter=self.opt.get("adapter", False),
                                   trust=trusted(self.opt))

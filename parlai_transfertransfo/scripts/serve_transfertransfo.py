@@ -79,7 +79,7 @@ def model_id(opt):
 def load_agent(opt):
     from parlai.core.agents import create_agent
 
-    from parlai_transfertransfo.agents import TransfertransfoAgent
+    from parlai_transfertransfo.agent.transfertransfo import TransfertransfoAgent
 
     agent = create_agent(opt, requireModelExists=True)
     if not isinstance(agent, TransfertransfoAgent):

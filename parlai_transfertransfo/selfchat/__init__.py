@@ -5,6 +5,8 @@
 - `batch_world`: many self-chats advanced together, one `batch_act` per speaker and turn;
 - `script`: `parlai self_chat` itself (checked options, a partner model, `-bs N`).
 
-`compat.py` wires them into ParlAI's `parlai.tasks.convai2.worlds` and
+`plugin/compat/` wires them into ParlAI's `parlai.tasks.convai2.worlds` and
 `parlai.scripts.self_chat`.
+
+An app: may import the agent, weights, data and the recipe. Never the plugin.
 """

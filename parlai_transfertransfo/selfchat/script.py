@@ -8,7 +8,7 @@
 
 Everything else is ParlAI's: its options (`parlai.scripts.self_chat.setup_args`), agents,
 task worlds, `WorldLogger` and its `--outfile` / `--save-format` logs, which ACUTE-Eval
-reads.  `compat.py` makes `parlai.scripts.self_chat.self_chat` this module's `self_chat`.
+reads.  `plugin/compat/self_chat.py` makes `parlai.scripts.self_chat.self_chat` this module's `self_chat`.
 """
 import copy
 import json

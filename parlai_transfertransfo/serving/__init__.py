@@ -20,4 +20,6 @@ only validates, queues and streams.
     kv_batch.py       many requests' key/value caches as one padded batch
     scheduler.py      the batching loop that owns the model
     static/           the page: plain HTML, CSS and JavaScript, served locally
+
+An app: may import the agent, weights, data and the recipe. Never the plugin.
 """

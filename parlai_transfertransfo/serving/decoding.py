@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from parlai.core.torch_generator_agent import BeamSearch, GreedySearch, TopKSampling
 
-from parlai_transfertransfo.nucleus import TopKNucleusSampling
+from parlai_transfertransfo.agent.nucleus import TopKNucleusSampling
 
 INFERENCE = ("greedy", "nucleus", "topk", "beam")
 

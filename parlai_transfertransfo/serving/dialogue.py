@@ -6,7 +6,8 @@ Runs in the scheduler's thread: the tokenizer is used by one thread only.
 import re
 from dataclasses import dataclass
 
-from parlai_transfertransfo import inputs
+from parlai_transfertransfo.agent import instances
+from parlai_transfertransfo.recipe import segments
 
 # ConvAI2's partner turn when the other side speaks first: the data's own convention.
 SILENCE = "__SILENCE__"
@@ -42,20 +43,20 @@ class Context:
 
 def build_context(agent, persona, utterances, reply_tokens, max_context_tokens=0):
     """The agent's `_set_text_vec` for a chat message: the recipe's history window
-    (--max-history), then `inputs.truncate` to the model's positions with room for the
-    reply, as in `_segments`. The reply's room is at most a quarter of the positions, so
+    (--max-history), then `segments.truncate` to the model's positions with room for the
+    reply, as in `instances.context_segments`. The reply's room is at most a quarter of the positions, so
     a large `max_tokens` never pushes the persona out; `max_context_tokens` (0: none)
     bounds the context as --text-truncate does."""
     tokenize = agent.dict.txt2vec
     persona_vecs = [tokenize(s) for s in persona]
     utterance_vecs = [tokenize(u) for u in utterances]
     budget = min(reply_tokens, max(1, agent.max_positions // 4)) + 1
-    limit = agent._instance_limit(budget)
+    limit = instances.instance_limit(agent, budget)
     if max_context_tokens:
         limit = min(limit, max_context_tokens + budget + 2)
-    recent = inputs.recent_history(utterance_vecs, agent.opt["max_history"])
-    kept_persona, history, _, notes = inputs.truncate(persona_vecs, recent, [0] * budget, limit)
+    recent = segments.recent_history(utterance_vecs, agent.opt["max_history"])
+    kept_persona, history, _, notes = segments.truncate(persona_vecs, recent, [0] * budget, limit)
     notes = [n for n in notes if not n.startswith("cut the reply")]  # a placeholder reply
-    ids, types, reply_type = inputs.build_prefix(kept_persona, history, agent.special)
+    ids, types, reply_type = segments.build_prefix(kept_persona, history, agent.special)
     dialogue_ids = [t for vec in persona_vecs + utterance_vecs for t in vec]
     return Context(ids, types, reply_type, notes, dialogue_ids)

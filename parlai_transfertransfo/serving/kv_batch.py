@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from parlai_transfertransfo.modeling import Prefix
+from parlai_transfertransfo.recipe.prefix import Prefix
 
 
 def pad_left(prefix: Prefix, width: int) -> Prefix:

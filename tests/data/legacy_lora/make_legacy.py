@@ -11,7 +11,7 @@ import old_lora as lora
 from conftest import _save_tiny
 from transformers import LlamaConfig, LlamaForCausalLM
 from safetensors.torch import save_file
-from parlai_transfertransfo import backbones
+from parlai_transfertransfo.weights import backbones
 
 out = sys.argv[1]
 config = LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

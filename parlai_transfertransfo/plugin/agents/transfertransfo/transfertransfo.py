@@ -1,6 +1,6 @@
 """`-m transfertransfo`: ParlAI imports parlai.agents.transfertransfo.transfertransfo."""
 try:
-    from parlai_transfertransfo.agents import TransfertransfoAgent  # noqa: F401
+    from parlai_transfertransfo.agent.transfertransfo import TransfertransfoAgent  # noqa: F401
 except ImportError as err:  # a half-installed environment, not a bug to trace
     from parlai_transfertransfo.errors import TransfertransfoError
 
