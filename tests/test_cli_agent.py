@@ -168,7 +168,7 @@ def test_interactive_answers_each_piped_line_and_exits(trained):
     from parlai.core.agents import create_agent_from_model_file
 
     from conftest import gpt2_tokenizer
-    from parlai_transfertransfo.agent.transfertransfo import DEFAULT_PERSONA
+    from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
     from test_agent import uncached_greedy
 
     model_file, _ = trained

@@ -55,7 +55,7 @@ def recipe_loss(agent, batch, return_output):
     if return_output:  # eval_step asks; it reads the logits only for -v / token_losses
         logits = None
         if agent.show_token_details:
-            logits = label_logits(agent, model_inputs, gold_rows, batch.label_vec.size(1))
+            logits = agent._label_logits(model_inputs, gold_rows, batch.label_vec.size(1))  # a hook: -v
         return loss, (logits, preds, None)
     return loss
 

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIALOGS = os.path.join(REPO, "tests", "data", "convai2", "valid_self_original_800.txt")
 
 
