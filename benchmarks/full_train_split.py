@@ -57,9 +57,56 @@ def write(datapath, n_examples=TRAIN_EXAMPLES):
     return path, n_dialogs, n_exs
 
 
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def train_here(datapath, model, datatype, steps, batch):
+    """`parlai train_model -t convai2` on the split, in this process: seconds to the first
+    training step, examples/s after it, and resident memory sampled every half second."""
+    import threading
+    import time
+
+    from parlai.core.torch_agent import TorchAgent
+    from parlai.scripts.train_model import TrainModel
+
+    start, marks, samples, done = time.perf_counter(), [], [], threading.Event()
+
+    def sample():
+        while not done.wait(0.5):
+            samples.append((round(time.perf_counter() - start, 1), round(rss_mib())))
+
+    batch_act = TorchAgent.batch_act
+
+    def timed(agent, observations):
+        out = batch_act(agent, observations)
+        if agent.is_training:
+            marks.append(time.perf_counter() - start)
+        return out
+
+    TorchAgent.batch_act = timed
+    threading.Thread(target=sample, daemon=True).start()
+    TrainModel.main("-m", "transfertransfo", "--model-name", model, "-t", "convai2", "-dt", datatype,
+                    "--datapath", datapath, "-mf", os.path.join(datapath, "model-" + datatype.replace(":", "-"), "model"),
+                    "-bs", str(batch), "--num-candidates", "4", "--personality-permutations", "2",
+                    "--max-train-steps", str(steps), "--log-every-n-secs", "-1", "--validation-every-n-epochs", "-1",
+                    "--short-final-eval", "true", "--validation-max-exs", "8", "--skip-generation", "true", "--no-cuda")
+    done.set()
+    first, last = marks[0], marks[-1]
+    return {"datatype": datatype, "first_step_s": round(first, 1),
+            "examples_per_s": round(batch * (len(marks) - 1) / (last - first), 1),
+            "rss_mib": samples, "max_rss_mib": max(m for _, m in samples)}
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) == 2:
+        path, n_dialogs, n_exs = write(sys.argv[1])
+        print(f"{path}: {n_dialogs} dialogues, {n_exs} examples (SYNTHETIC: the 800 shipped dialogs repeated, "
+              "personas from the training personas)")
+    elif len(sys.argv) == 6 and sys.argv[1] == "train":  # train DATAPATH MODEL DATATYPE STEPS
+        import json
+
+        print(json.dumps(train_here(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), 32)))
+    else:
         raise SystemExit("usage: python -m benchmarks.full_train_split DATAPATH")
-    path, n_dialogs, n_exs = write(sys.argv[1])
-    print(f"{path}: {n_dialogs} dialogues, {n_exs} examples (SYNTHETIC: the 800 shipped dialogs repeated, "
-          "personas from the training personas)")
