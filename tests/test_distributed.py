@@ -182,9 +182,9 @@ def test_bad_launches_are_one_line(case, setup, tmp_path):
     model_file = tmp_path / "model"
     if case in ("world size", "nccl"):
         extra = ["--distributed-world-size", 3] if case == "world size" else ["--distributed-backend", "nccl"]
-        code, out = run([TORCHRUN, "--nproc-per-node", "2", "--master-port", free_port(), "-m",
+        code, out = run([TORCHRUN, "--nproc-per-node", "1", "--master-port", free_port(), "-m",
                          "parlai_transfertransfo.distributed", "train_model", *train_args(setup, model_file), *extra])
-        want = ("--distributed-world-size 3 but torchrun started 2 processes" if case == "world size"
+        want = ("--distributed-world-size 3 but torchrun started 1 process:" if case == "world size"
                 else "--distributed-backend nccl needs GPUs and this machine has no GPU: use gloo")
         assert code != 0 and want in out
         assert "Traceback" not in "\n".join(l for l in out.splitlines() if "parlai_transfertransfo" in l)
@@ -215,3 +215,13 @@ def test_bad_launches_are_one_line(case, setup, tmp_path):
     out = procs[0].communicate(timeout=120)[0]
     assert procs[0].returncode != 0 and "Traceback" not in out
     assert out.strip().splitlines()[-1] == "parlai distributed_train: scontrol is not on PATH: run it under srun on a SLURM node"
+
+
+def test_torchrun_killed_resumes_from_its_checkpoint_with_two_ranks(tmp_path):
+    """The kill-and-resume invariants (benchmarks/kill_resume.py, tests/test_trust_resume.py)
+    with two ranks under torchrun: SIGKILL to the whole launch, then the same command."""
+    from benchmarks.kill_resume import kill_resume
+
+    summary = kill_resume("torchrun", kills=1, steps=12, work=str(tmp_path), seed=3, window=1.0)
+    assert summary["kills"] + summary["finished_early"] == 1, summary
+    assert summary["resumed"] >= 1 and summary["final_train_steps"] in (11, 12)

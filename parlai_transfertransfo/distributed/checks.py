@@ -4,8 +4,10 @@ ParlAI's own launchers fail late and far from the cause (a world size that does 
 the processes launched is an NCCL "invalid argument", a busy port a traceback from the
 store, NCCL on a machine without GPUs a CUDA error), so the launch checks them first.
 """
+import ctypes
 import datetime
 import os
+import signal
 import socket
 
 from parlai_transfertransfo.errors import TransfertransfoError
@@ -35,7 +37,8 @@ def world_size(asked, launched, launcher):
     """--distributed-world-size must match the processes the launcher started (or be absent)."""
     if asked is not None and asked != launched:
         raise DistributedSetupError(
-            f"--distributed-world-size {asked} but {launcher} started {launched} processes: "
+            f"--distributed-world-size {asked} but {launcher} started {launched} "
+            f"{'process' if launched == 1 else 'processes'}: "
             f"drop the option or pass {launched}"
         )
     return launched
@@ -65,3 +68,15 @@ def port_free(host, port):
             s.bind((host if host not in ("localhost",) else "127.0.0.1", port))
         except OSError:
             raise DistributedSetupError(f"port {port} is in use on {host}: pass another --port") from None
+
+
+def die_with_launcher():
+    """torchrun starts each rank in a session of its own: a launcher killed with SIGKILL
+    (a scheduler's preemption, a user's kill -9) leaves its ranks training on, orphaned,
+    still writing checkpoints under the next run. Have the kernel kill this rank when its
+    launcher dies (Linux's PR_SET_PDEATHSIG); the atomic saves keep the files whole."""
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:  # not Linux
+        return
+    prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

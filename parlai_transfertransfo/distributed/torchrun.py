@@ -57,6 +57,7 @@ def train(opt, rank, local_rank):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    checks.die_with_launcher()
     try:
         opt, rank, local_rank = parse(argv)
         return train(opt, rank, local_rank)
