@@ -109,23 +109,20 @@ class NextWords:
         return dict(zip(self.words, scores.tolist()))
 
     def _prefix(self, agent, obs, tokens, depth):
-        """(Prefix after `<speaker1>` + tokens, reply type): the cached context of this
-        example, continued from the longest cached partial reply that `tokens` extends."""
-        if self.example is None or self.example[0] is not obs:
-            self.example = (obs, *self._context(agent, obs, len(tokens) + depth), [])
-        _, context, reply_type, partials = self.example
-        if context.next_position.item() + len(tokens) + depth > agent.max_positions:
-            self.example = (obs, *self._context(agent, obs, len(tokens) + depth), [])
-            _, context, reply_type, partials = self.example
-        start, prefix = 0, context
-        for done, cached in partials:
-            if len(done) <= len(tokens) and tokens[:len(done)] == done and len(done) >= start:
-                start, prefix = len(done), cached
-        if len(tokens) > start:
-            device = context.last_logits.device
-            ids = torch.tensor([tokens[start:]], dtype=torch.long, device=device)
+        """(Prefix after `<speaker1>` + tokens, reply type): this example's cached context,
+        continued from the last call's partial reply when `tokens` extends it (the official
+        loop adds one word per call), else from the context."""
+        if self.example is None or self.example[0] is not obs or (
+                self.example[1].next_position.item() + len(tokens) + depth > agent.max_positions):
+            context, reply_type = self._context(agent, obs, len(tokens) + depth)
+            self.example = (obs, context, reply_type, [], context)
+        obs, context, reply_type, done, prefix = self.example
+        if tokens[:len(done)] != done:
+            done, prefix = [], context
+        if len(tokens) > len(done):
+            ids = torch.tensor([tokens[len(done):]], dtype=torch.long, device=context.last_logits.device)
             _, _, prefix = agent._double_heads().extend(prefix, ids, torch.full_like(ids, reply_type))
-            partials[:] = [(tokens, prefix)]  # the official loop only ever adds words
+        self.example = (obs, context, reply_type, tokens, prefix)
         return prefix, reply_type
 
     def _context(self, agent, obs, reply_tokens):

@@ -127,14 +127,14 @@ class WordTrie:
         return steps
 
     def _chunk(self, tops):
-        nodes, parent, depth, where = [], [], [], {}
+        nodes, parent, depth, where, top = [], [], [], {}, set(tops)
         stack = list(reversed(tops))
         while stack:  # depth first: every parent before its children
             node = stack.pop()
             where[node] = len(nodes)
             up = int(self.parent[node])
             nodes.append(node)
-            parent.append(where.get(up, -1) if node not in tops else -1)
+            parent.append(-1 if node in top else where[up])
             depth.append(1 if parent[-1] < 0 else depth[parent[-1]] + 1)
             stack.extend(reversed(self.children[node]))
         as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731

@@ -75,14 +75,9 @@ def hits_and_f1(opt, metric):
     return out
 
 
-def perplexity(opt, say):
-    """The official word-level perplexity and the dictionary it is over."""
-    from parlai.core.agents import create_agent
-
-    from parlai_transfertransfo.agent import next_word
-    from parlai_transfertransfo.agent.transfertransfo import TransfertransfoAgent
+def official_dictionary(opt, say):
+    """(dictionary, its description) for the task's official perplexity (data/official_dict.py)."""
     from parlai_transfertransfo.data import official_dict
-    from parlai_transfertransfo.tools import official_ppl
 
     task = opt["task"]
     dict_task = official_dict.OFFICIAL_TASK if task.split(":")[0] == "convai2" else task
@@ -90,18 +85,31 @@ def perplexity(opt, say):
     words = len(official_dict.offered_words(dictionary))
     say(f"official dictionary: {len(dictionary)} tokens ({words} words offered) from {dict_task} {source} "
         f"({read} examples)")
-    teacher = official_dict.teacher(opt, task, opt.get("datatype") or "valid")
+    official = source == official_dict.TRAIN_AND_VALID and len(dictionary) == official_dict.OFFICIAL_TOKENS
+    return dictionary, {"task": dict_task, "source": source, "tokens": len(dictionary), "words": words,
+                        "official": official}
+
+
+def perplexity(opt, dictionary, say):
+    """The official word-level perplexity over `dictionary` (official_ppl.py)."""
+    from parlai.core.agents import create_agent
+
+    from parlai_transfertransfo.agent import next_word
+    from parlai_transfertransfo.agent.transfertransfo import TransfertransfoAgent
+    from parlai_transfertransfo.data import official_dict
+    from parlai_transfertransfo.tools import official_ppl
+
+    teacher = official_dict.teacher(opt, opt["task"], opt.get("datatype") or "valid")
     agent = create_agent(_override(opt, batchsize=1), requireModelExists=True)
-    if isinstance(agent, TransfertransfoAgent):
+    ours = isinstance(agent, TransfertransfoAgent)
+    if ours:
         next_word.use_dictionary(agent, dictionary)
     result = official_ppl.evaluate(agent, teacher, dictionary, opt.get("num_examples", -1), say,
                                    opt.get("log_every_n_secs") or 0)
     scorer = getattr(agent, "_next_words", None)
     result["unencodable_words"] = len(scorer.unencodable) if scorer is not None else 0
-    result["mode"] = agent.opt.get("official_ppl") if isinstance(agent, TransfertransfoAgent) else None
-    dict_info = {"task": dict_task, "source": source, "tokens": len(dictionary), "words": words,
-                 "official": source == official_dict.TRAIN_AND_VALID and len(dictionary) == official_dict.OFFICIAL_TOKENS}
-    return result, dict_info
+    result["mode"] = agent.opt.get("official_ppl") if ours else None
+    return result
 
 
 def table_row(name, opt, scores, ppl, dict_info):
@@ -119,11 +127,13 @@ def table_row(name, opt, scores, ppl, dict_info):
 def run(opt, say=print):
     check(opt)
     metric = opt["metric"]
-    scores, ppl, dict_info = {}, None, None
+    scores, ppl, dictionary, dict_info = {}, None, None, None
+    if metric in ("all", "ppl"):  # first: a missing dictionary source stops before anything runs
+        dictionary, dict_info = official_dictionary(opt, say)
     if metric in ("all", "hits", "f1"):
         scores = hits_and_f1(opt, metric)
     if metric in ("all", "ppl"):
-        ppl, dict_info = perplexity(opt, say)
+        ppl = perplexity(opt, dictionary, say)
         if ppl["unencodable_words"]:
             say(f"{ppl['unencodable_words']} dictionary word(s) the model's tokenizer cannot encode got the "
                 "smallest positive probability")
