@@ -26,7 +26,7 @@ from parlai_transfertransfo.recipe.prefix import Prefix
 
 SMOOTHING = 5  # the recipe authors' add-5 smoothing of word frequencies
 CPU_CHUNK_NODES = 512  # trie nodes per forward pass on a CPU; more on a GPU
-GPU_CHUNK_NODES = 8192
+GPU_CHUNK_NODES = 4096
 
 
 class PrefixShares:

@@ -69,8 +69,10 @@ def hits_and_f1(opt, metric):
         values["skip_generation"] = True
     report = eval_model(_override(opt, **values))
     value = lambda key: report[key].value() if hasattr(report.get(key), "value") else report.get(key)  # noqa: E731
-    out = {"exs": value("exs"), "hits@1": value("hits@1")}
-    if metric != "hits":
+    out = {"exs": value("exs")}
+    if metric in ("all", "hits"):
+        out["hits@1"] = value("hits@1")
+    if metric in ("all", "f1"):
         out["f1"] = value("f1")
     return out
 
