@@ -73,7 +73,7 @@ class NextWords:
         self.tables, self.unencodable = {}, set()
         for after_word in (False, True):
             self._table(after_word)
-        self.example = None  # (observation, context Prefix, reply type, [(tokens, Prefix)])
+        self.example = None  # (observation, context Prefix, reply type, tokens so far, their Prefix)
 
     def _table(self, after_word):
         """The words' token table as they follow the reply's start (False) or a word (True)."""
@@ -146,7 +146,7 @@ def next_word_probability(agent, partial_out):
     if scorer is None:
         dictionary = getattr(agent, "official_dictionary", None)
         if dictionary is None:
-            dictionary, source, _ = official_dict.build(agent.opt, say=logging.warning)
+            dictionary = official_dict.build(agent.opt, say=logging.warning)[0]
         scorer = agent._next_words = NextWords(agent, dictionary)
     agent.model.eval()
     with torch.no_grad(), agent._autocast():
