@@ -24,6 +24,7 @@ AT_LEAST = {
     "persona_cache_mib": (0, "0 (off) or more MiB"),
 }
 POSITIVE = ("temperature", "lora_alpha")
+OFFICIAL_PPL = ("prefix", "exact")  # next_word.MODES
 # A context cut below this many tokens cannot hold a persona sentence and the last
 # utterance with their speaker tokens; such a model answers nothing it was told.
 MIN_TEXT_TRUNCATE = 8
@@ -48,6 +49,9 @@ def validate(opt):
         if value is not None and not value > 0:
             hint = " (for the most likely reply use --inference greedy)" if name == "temperature" else ""
             raise TransfertransfoError(f"{_flag(name)} {value} is out of range: it must be above 0{hint}")
+    official = opt.get("official_ppl")
+    if official is not None and official not in OFFICIAL_PPL:
+        raise TransfertransfoError(f"--official-ppl {official}: choose {' or '.join(OFFICIAL_PPL)}")
     topp = opt.get("topp")
     if topp is not None and not 0 < topp <= 1:
         raise TransfertransfoError(f"--topp {topp} is out of range: a probability mass in (0, 1]")

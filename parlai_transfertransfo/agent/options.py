@@ -40,6 +40,10 @@ def add_cmdline_args(parser):
     group.add_argument("--persona-cache-mib", type=int, default=persona_cache.DEFAULT_MAX_MIB,
                        help="keep each chat's persona keys/values for its next turns, up to "
                        "this many MiB (least recently used go first; 0: off); same replies")
+    group.add_argument("--official-ppl", type=str, default="prefix",
+                       help="ConvAI2's official word-level perplexity (next_word_probability): "
+                       "prefix (the recipe authors' first-token shares, how 17.51 was measured) or "
+                       "exact (each word's own probability, tokens then a word boundary; slow on a CPU)")
     safe_load.add_cmdline_args(group)
     parser.set_defaults(
         dict_class="parlai_transfertransfo.agent.dictionary:TransfertransfoDictionaryAgent",

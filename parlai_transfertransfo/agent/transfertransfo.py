@@ -13,7 +13,9 @@ import random
 import torch
 from parlai.core.torch_generator_agent import TorchGeneratorAgent
 
-from parlai_transfertransfo.agent import checkpointing, instances, losses, nucleus, option_checks, options, ranking
+from parlai_transfertransfo.agent import (
+    checkpointing, instances, losses, next_word, nucleus, option_checks, options, ranking,
+)
 from parlai_transfertransfo.agent.dictionary import TransfertransfoDictionaryAgent
 from parlai_transfertransfo.agent.history import RecipeHistory
 from parlai_transfertransfo.agent.model import TransfertransfoModel
@@ -220,3 +222,10 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         candidate). When eval_step's compute_loss already scored them (the gold label is a
         candidate), its scores are reused: one pass gives ppl and hits@1."""
         return ranking.rank(self, batch)
+
+    # ---------------------------------------------- official ConvAI2 perplexity
+    def next_word_probability(self, partial_out):
+        """{word: probability} of the word after `partial_out` (a list of words), over
+        ConvAI2's official dictionary: the interface of its word-level perplexity
+        (`--official-ppl prefix|exact`, next_word.py)."""
+        return next_word.next_word_probability(self, partial_out)
