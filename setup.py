@@ -86,6 +86,7 @@ setup(
         "parlai_transfertransfo.weights",
         "parlai_transfertransfo.agent",
         "parlai_transfertransfo.tools",
+        "parlai_transfertransfo.distributed",
         "parlai_transfertransfo.plugin",
         "parlai_transfertransfo.plugin.compat",
         "parlai_transfertransfo.plugin.agents",
