@@ -149,8 +149,8 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         batch.candidates = [o.get("label_candidates") for o in valid]
         batch.tt_cand_vecs = [o.get("tt_cand_vecs") for o in valid]
         batch.tt_instances = [o.get("tt_instances") for o in valid]
-        if not any(batch.candidates) or all(i is not None for i in batch.tt_instances):
-            batch.candidates = None  # (training: built into tt_instances, not pickled again by --num-workers)
+        if not any(batch.candidates):
+            batch.candidates = None
         return batch
 
     def _set_label_cands_vec(self, obs, add_start, add_end, truncate):

@@ -130,6 +130,8 @@ def fix_slurm_launch(distributed):
 
 
 def fix_distributed(distributed):
-    """Both fixes of this module."""
+    """`parlai.utils.distributed` as shipped dies on a machine without a GPU (NCCL and CUDA
+    hard-coded: `fix_distributed_on_cpu`) and under SLURM needs a world size it has no
+    default for, reporting mistakes as tracebacks (`fix_slurm_launch`): both fixes."""
     fix_distributed_on_cpu(distributed)
     fix_slurm_launch(distributed)

@@ -65,6 +65,8 @@ def count_epochs_over_sharded_data(train_model):
 
 
 def fix_train_model(train_model):
-    """Both patches of this module."""
+    """ParlAI's TrainLoop writes `.trainstats` in place and after the model file, so a kill
+    leaves broken or stale statistics (`atomic_resumable_train_loop`), and counts W passes
+    for every pass over data split across W ranks (`count_epochs_over_sharded_data`)."""
     atomic_resumable_train_loop(train_model)
     count_epochs_over_sharded_data(train_model)
