@@ -109,6 +109,8 @@ def create_app(scheduler, config: ServeConfig) -> FastAPI:
         app.add_middleware(BearerToken, api_key=config.api_key)
     app.add_middleware(CountRequests, metrics=metrics)
     if config.cors_origins:
+        # allow_private_network: a server on a private address or this machine is one its
+        # operator opened to these origins' pages (Chromium's Private Network Access asks)
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
-                           allow_headers=["*"], max_age=600)
+                           allow_headers=["*"], allow_private_network=True, max_age=600)
     return app

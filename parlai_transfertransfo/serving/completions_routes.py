@@ -35,7 +35,7 @@ async def completions(body: schema.CompletionRequest, request: Request):
     start, ends, done = await whole(job, request)
     choices = []
     for index, end in sorted(ends.items()):
-        logprobs = None if end["logprobs"] is None else tokens.legacy(end["logprobs"], as_ids)[0]
+        logprobs = None if end.get("logprobs") is None else tokens.legacy(end["logprobs"], as_ids)[0]
         choices.append({"index": index, "text": end["text"], "logprobs": logprobs,
                         "finish_reason": end["finish_reason"]})
     return responses.text_completion(cid, config.model_id, created, choices,
@@ -62,7 +62,7 @@ async def _sse(job, cid, created, model, include_usage, tokens, as_ids):
             elif kind == "end":
                 end = event[2]
                 yield sse_data(responses.text_completion(cid, model, created, [
-                    choice(event[1], "", end["unsent_logprobs"], end["finish_reason"])]))
+                    choice(event[1], "", end.get("unsent_logprobs"), end["finish_reason"])]))
             elif kind == "done" and include_usage:
                 yield sse_data(responses.text_completion(cid, model, created, [],
                                                          responses.usage(prompt_tokens, event[1]["completion_tokens"])))

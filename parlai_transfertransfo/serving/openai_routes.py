@@ -76,7 +76,7 @@ async def _sse(job, model, include_usage, logprobs):
             elif kind == "end":
                 end = event[2]
                 yield sse_data(responses.chunk(cid, model, created, [
-                    choice(event[1], {}, end["unsent_logprobs"], end["finish_reason"])]))
+                    choice(event[1], {}, end.get("unsent_logprobs"), end["finish_reason"])]))
             elif kind == "done" and include_usage:
                 yield sse_data(responses.chunk(cid, model, created, [],
                                                responses.usage(prompt_tokens, event[1]["completion_tokens"])))

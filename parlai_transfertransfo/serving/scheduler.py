@@ -270,11 +270,10 @@ class Scheduler:
         if delta:
             job.emit("delta", choice.index, delta, choice.unsent_logprobs())
         if choice.done:
-            job.emit("end", choice.index, {
-                "text": choice.text, "finish_reason": choice.finish_reason, "tokens": len(choice.tokens),
-                "logprobs": choice.token_logprobs if choice.logprobs is not None else None,
-                "unsent_logprobs": choice.unsent_logprobs(),
-            })
+            end = {"text": choice.text, "finish_reason": choice.finish_reason, "tokens": len(choice.tokens)}
+            if choice.logprobs is not None:
+                end.update(logprobs=choice.token_logprobs, unsent_logprobs=choice.unsent_logprobs())
+            job.emit("end", choice.index, end)
 
     def _close(self, choice):
         """A choice has ended (its rows leave the batch); its job ends with its last one."""
@@ -289,8 +288,8 @@ class Scheduler:
             self.stats["cancelled_tokens"] += job.completion_tokens
             self._end(job, "cancelled")
         else:
+            self._end(job, "completed")  # counted before its reader hears of it
             job.emit("done", {"completion_tokens": job.completion_tokens})
-            self._end(job, "completed")
 
     def _renumber(self):
         offset = 0
@@ -300,8 +299,8 @@ class Scheduler:
 
     def _fail(self, job, message):
         self.running.pop(id(job), None)
-        job.emit("error", message)
         self._end(job, "failed")
+        job.emit("error", message)
 
     def _end(self, job, outcome):
         job.ended, job.outcome, job.finished = True, outcome, time.perf_counter()
