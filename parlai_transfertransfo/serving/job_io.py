@@ -31,7 +31,8 @@ async def cancel_on_disconnect(request, job, every=0.25):
 
 async def whole(job, request):
     """(the start event's fields, {choice index: its end event}, the done event's fields);
-    a client that hangs up first cancels the job; a failed job is a 500."""
+    a client that hangs up first cancels the job; a failed job is a 500 (one that failed
+    in its own rows says `x-should-retry: false`: the `openai` client would resend it)."""
     start, ends = {}, {}
     watcher = asyncio.ensure_future(cancel_on_disconnect(request, job))
     try:
@@ -42,8 +43,9 @@ async def whole(job, request):
                     start = event[1]
                 elif kind == "end":
                     ends[event[1]] = event[2]
-                elif kind == "error":
-                    raise APIError(500, event[1])
+                elif kind == "error":  # the official client retries a 500 unless told not to
+                    own = len(event) > 2 and event[2]
+                    raise APIError(500, event[1], headers={"x-should-retry": "false"} if own else None)
                 elif kind == "done":
                     return start, ends, event[1]
     finally:

@@ -107,7 +107,7 @@ class Scheduler:
             except Exception as err:  # the shared model call itself: fail what runs, keep serving
                 log.exception("decoding failed")
                 for job in list(self.running.values()):
-                    self._fail(job, f"generation failed: {type(err).__name__}: {err}")
+                    self._fail(job, f"generation failed: {type(err).__name__}: {err}", own=False)
                 self.choices, self.state, self.running = [], None, {}
 
     def _take(self):
@@ -256,7 +256,8 @@ class Scheduler:
         raw = scores[choice.offset: choice.offset + choice.rows]
         score = raw / choice.temperature if choice.temperature != 1.0 else raw
         score = F.log_softmax(score, dim=-1, dtype=torch.float32)
-        if bool(torch.isnan(score).any()) or not bool(torch.isfinite(score).any(-1).all()):
+        # one reduction a row: its max is NaN if any score is, -inf if none is finite
+        if not bool(torch.isfinite(score.amax(-1)).all()):
             raise FloatingPointError("the scores of this request's rows are not finite numbers")
         # the model's own distribution (temperature 1), before the search edits `score`
         model_logprobs = None if choice.logprobs is None else F.log_softmax(raw[0], dim=-1, dtype=torch.float32)
@@ -297,10 +298,12 @@ class Scheduler:
             choice.offset = offset
             offset += choice.rows
 
-    def _fail(self, job, message):
+    def _fail(self, job, message, own=True):
+        """own: the job's own dialogue or settings failed (trying it again cannot help);
+        else the shared model call did."""
         self.running.pop(id(job), None)
         self._end(job, "failed")
-        job.emit("error", message)
+        job.emit("error", message, own)
 
     def _end(self, job, outcome):
         job.ended, job.outcome, job.finished = True, outcome, time.perf_counter()
