@@ -180,12 +180,13 @@ def main(argv=None):
                 if name.split()[0] not in args.p6_messages.split(","):
                     continue
                 r = serving.run(model, args.workdir, args.device, args.reps, dialogs, turn=turn,
-                                sides=serving.P6B_SIDES)
+                                sides=serving.P6B_SIDES, cpu_clock=args.device == "cpu")
+                clock = "CPU seconds of this process; wall medians" if args.device == "cpu" else "wall seconds; the same"
                 notes.append(f"P6b {model} {name}: P6's 16 sessions, and one request with top_k 10**6 sent "
                              "straight to the scheduler once their replies stream; it failed alone "
                              f"{r['poisoned_failed']} times in {args.reps} repetitions, the 16 replies equal "
-                             "P6's; CPU seconds of this process (medians): "
-                             + ", ".join(f"{k} {common.median(v):.1f} s" for k, v in r["cpu"].items()))
+                             f"P6's; times are {clock}: "
+                             + ", ".join(f"{k} {common.median(v):.2f} s" for k, v in r["wall"].items()))
                 report("P6b", f"{model}, {name}", r)
     if "P5" in only:
         from benchmarks import interactive

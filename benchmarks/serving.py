@@ -17,7 +17,9 @@ P6b, the cost of isolation: the same 16 sessions at once, and once their replies
 streaming, one poisoned request joins them (a top_k past the vocabulary, sent straight to
 the scheduler as if validation had missed it: it is prefilled, joins the batch and fails
 at its first step). Its failure must cost the 16 almost nothing (goal: >= 95% of P6's
-throughput), and their replies must be exactly P6's (checked first).
+throughput), and their replies must be exactly P6's (checked first). On a CPU the two
+sides are compared by this process's CPU seconds (cpu_clock), as P8 is: wall times on this
+shared machine spread by a third between repetitions.
 """
 import asyncio
 import statistics
@@ -85,7 +87,10 @@ async def _serve(scheduler, requests, decoding, together, poison=None):
     return [await one(*r) for r in requests]
 
 
-def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2, sides=SIDES):
+def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2, sides=SIDES, cpu_clock=False):
+    """cpu_clock: the sides' times (and so their throughput) in this process's CPU seconds,
+    not wall seconds: on a CPU shared with other jobs, what a few per cent apart can be
+    told by (the wall times are kept under "wall")."""
     agent = make_agent(model, workdir, device, "--inference", "greedy", "--beam-min-length", STEPS,
                        "--label-truncate", STEPS)
     decoding = defaults_from_opt(agent.opt)
@@ -122,9 +127,10 @@ def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2, sides=SIDE
         scheduler.stop()
     tokens = n_sessions * STEPS
     context = statistics.mean(len(_context_ids(agent, r)) for r in requests)
+    cpu = {name: ts[1:] for name, ts in cpu.items()}  # the check's pass left out
+    wall, times = times, (cpu if cpu_clock else times)
     return {
-        "times": times,
-        "cpu": {name: ts[1:] for name, ts in cpu.items()},  # the check's pass left out
+        "times": times, "wall": wall, "cpu": cpu,
         "tokens_per_s": {name: tokens / statistics.median(ts) for name, ts in times.items()},
         "latency": {name: (_percentile(ls, 50), _percentile(ls, 95)) for name, ls in latencies.items()},
         "context_tokens": round(context), "sessions": n_sessions, "turn": turn,
