@@ -196,18 +196,18 @@ def test_a_request_that_fails_in_its_rows_fails_alone(agent):
             for job in bad:
                 scheduler.submit(job)
             results = await asyncio.gather(*readers, *[collect(job) for job in bad])
-            return results, scheduler.health()
+            return results, scheduler.health(), max(job.finished for job in bad) < min(job.finished for job in good)
         finally:
             scheduler.stop()
 
-    results, health = run_in_own_loop(main())
+    results, health, failed_first = run_in_own_loop(main())
     alone = [run_jobs(agent, [request])[0][0] for request in goods]
     assert [ends(r)[0]["text"] for r in results[:2]] == [ends(r)[0]["text"] for r in alone]
     errors = [r[-1] for r in results[2:]]
     assert [e[0] for e in errors] == ["error"] * 4
     assert "RuntimeError" in errors[0][1] and "FloatingPointError" in errors[2][1], errors
     assert health["failed"] == 4 and health["completed"] == 2 and health["running_requests"] == 0
-    assert health["steps"] > 60  # the good ones went on after the failures
+    assert failed_first  # the good ones went on after the failures
 
 
 @pytest.mark.parametrize("backbone", ["tiny_gpt2_dir", "tiny_llama_dir", "tiny_openai_gpt_dir"])
