@@ -87,7 +87,8 @@ def _decoding(session, config, **changes):
     )
     d = d.replace(**changes)
     if d.rows > config.limits.max_rows:
-        raise APIError(400, f"settings: {d.rows} batch rows; this server batches at most {config.limits.max_rows}")
+        raise APIError(400, f"settings.beam_size: {d.rows} batch rows; this server batches at most "
+                       f"{config.limits.max_rows} (--max-batch-rows)", "settings.beam_size")
     return d
 
 
