@@ -272,7 +272,8 @@ def test_the_chat_page_in_a_real_browser(browser, server, tmp_path):
         assert [role for role, _ in messages_of(page)] == ["user", "bot", "user", "bot"]
         # settings apply to this session
         page.click("#settings summary")
-        page.select_option("select[name=inference]", "greedy")
+        with page.expect_response(lambda r: r.request.method == "PATCH"):  # the edit has landed
+            page.select_option("select[name=inference]", "greedy")
         page.wait_for_function("document.querySelector('#status').textContent === ''")
         assert session_of(page, server)["settings"]["inference"] == "greedy"
         page.click("#undo")
