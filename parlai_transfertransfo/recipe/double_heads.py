@@ -87,7 +87,8 @@ class DoubleHeads(nn.Module):
         if self.mc_head is None:
             return self.lm.multiple_choice_head(hidden, index).squeeze(-1)
         gather = index[..., None, None].expand(*index.shape, 1, hidden.size(-1))
-        return self.mc_head(hidden.gather(-2, gather).squeeze(-2)).squeeze(-1)
+        picked = hidden.gather(-2, gather).squeeze(-2)
+        return self.mc_head(picked.to(self.mc_head.weight.dtype)).squeeze(-1)  # fp32 head of bf16 weights
 
     def _lm_logits(self, hidden):
         return self.lm.get_output_embeddings()(hidden)
