@@ -4,7 +4,7 @@
 # (editable).  Safe to run again: it returns at once when .venv is already complete.
 #
 #   ./install.sh            the core: train, evaluate, chat (README's main command)
-#   ./install.sh serve      + the web demo and OpenAI-compatible API (FastAPI, uvicorn)
+#   ./install.sh serve      + the web demo and OpenAI-compatible API (FastAPI, uvicorn, prometheus-client)
 #   ./install.sh crowd      + human evaluation on Mephisto (model_chat, ACUTE-Eval)
 #   ./install.sh tensorboard + TensorBoard logging (`-tblog true`) and viewer
 #   ./install.sh test       + everything above, the test tools and Debian's Chromium
@@ -60,7 +60,7 @@ check_core='import torch, transformers, peft, parlai.core.params, parlai_transfe
 install_serve() {
   pip install -c constraints.txt -e ".[serve]"
 }
-check_serve='import fastapi, uvicorn'
+check_serve='import fastapi, uvicorn, prometheus_client'
 
 install_crowd() {
   # What Mephisto's local/mock path imports (setup.py's `crowd` extra), then Mephisto itself

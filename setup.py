@@ -86,6 +86,7 @@ setup(
         "parlai_transfertransfo.weights",
         "parlai_transfertransfo.agent",
         "parlai_transfertransfo.tools",
+        "parlai_transfertransfo.distributed",
         "parlai_transfertransfo.plugin",
         "parlai_transfertransfo.plugin.compat",
         "parlai_transfertransfo.plugin.agents",
@@ -138,8 +139,9 @@ setup(
     + PARLAI_RUNTIME,
     extras_require={
         # FastAPI 0.165 / Starlette 1.10 / uvicorn 0.54: the versions the serving tests pass
-        # on (Starlette's streaming and disconnect handling changes between majors)
-        "serve": ["fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.54.0"],
+        # on (Starlette's streaming and disconnect handling changes between majors);
+        # prometheus-client for /metrics, pinned as the crowd extra pins it for Mephisto
+        "serve": ["fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.54.0", "prometheus-client>=0.13.1,<0.14"],
         # Mephisto 1.1.1 itself is installed by install.sh with --no-deps (its pins downgrade
         # transformers, jinja2, click and rich); these are what its local/mock/MTurk paths and
         # our results command import, pinned where Mephisto 1.1.1 breaks on newer releases.

@@ -1,7 +1,7 @@
 """Kill training with SIGKILL at random moments, rerun the same command, check every invariant.
 
     .venv/bin/python -m benchmarks.kill_resume --kind train_model --kills 30 [--seed 0]
-    kinds: train_model, multiprocessing_train, zoo_script (train_smollm2_135m.sh)
+    kinds: train_model, multiprocessing_train, torchrun (2 ranks), zoo_script (train_smollm2_135m.sh)
 
 A tiny GPT-2 (tiny Llama for the zoo script) trains on real ConvAI2 dialogs with a
 checkpoint every step. Each kill lands at a random moment after a run began saving, or (every
@@ -121,8 +121,12 @@ def command(kind, work, steps):
     if not os.path.isfile(dialogs):
         first_dialogs(4, dialogs)
     model_file = os.path.join(work, "run", "model")
+    launcher = [PARLAI, kind]
+    if kind == "torchrun":
+        launcher = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc-per-node", 2, "--master-port",
+                    free_port(), "-m", "parlai_transfertransfo.distributed", "train_model"]
     argv = [
-        PARLAI, kind, "-m", "transfertransfo", "--model-name", backbone, "-t", "convai2_file",
+        *launcher, "-m", "transfertransfo", "--model-name", backbone, "-t", "convai2_file",
         "--convai2-file", dialogs, "--valid-split", 1, "-mf", model_file, "--datapath",
         os.path.join(work, "data"), "-bs", 2, "--max-train-steps", steps, "--save-every-n-secs", 0.001,
         "--validation-every-n-steps", 4, "--validation-max-exs", 4, "--validation-metric", "hits@1",
@@ -299,7 +303,7 @@ def kill_resume(kind, kills, steps, work, seed=0, window=10.0, say=print):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.kill_resume", description=__doc__.splitlines()[0])
-    p.add_argument("--kind", default="train_model", choices=["train_model", "multiprocessing_train", "zoo_script"])
+    p.add_argument("--kind", default="train_model", choices=["train_model", "multiprocessing_train", "torchrun", "zoo_script"])
     p.add_argument("--kills", type=int, default=30)
     p.add_argument("--steps", type=int, default=200, help="train steps of the whole run")
     p.add_argument("--seed", type=int, default=0)

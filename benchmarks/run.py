@@ -1,9 +1,9 @@
 """One command for every benchmark: prints a table of medians and ratios, and the machine.
 
     .venv/bin/python -m benchmarks [--model gpt2-small|smollm2-135m|all] [--reps 3]
-        [--only P1,P2,P3,P5,P6,P7,P8] [--device cpu|cuda] [--threads 1] [--interactive-model-file MF]
+        [--only P1,P2,P3,P5,P6,P6b,P7,P8,P9] [--device cpu|cuda] [--threads 1] [--interactive-model-file MF]
         [--p2-examples 16] [--eval-model-file MF] [--p7-examples 512] [--p7-skip-generation]
-        [--self-chat-model-file MF]
+        [--self-chat-model-file MF] [--p9-profile]
 
 Each pair runs side by side in this one process, interleaved, after a check that both
 sides compute the same thing (same greedy tokens; ranking scores and losses to 1e-4).
@@ -33,6 +33,8 @@ GOALS = {  # (numerator side, denominator side, goal text, test on the ratio)
             "(persona cache gain)", None),
            ("the same requests one at a time", "the same requests one at a time, whole contexts (no persona cache)",
             "(persona cache gain)", None)],
+    "P6b": [("16 sessions at once (dynamic batching), one poisoned request among them",
+             "16 sessions at once (dynamic batching)", ">= 0.95x (isolation's cost)", lambda r: r >= 0.95)],
     "P7": [],
     "P8": [("8 chats, -bs 1", "8 chats, -bs 8", "", None),  # the batching gain, no goal
            ("8 chats, -bs 8", "1 chat, -bs 1", "<= 3x one chat", lambda r: r <= 3),
@@ -46,7 +48,8 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gpt2-small", choices=[*common.MODELS, "all"])
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per side (median reported)")
-    p.add_argument("--only", default="P1,P2,P3,P5,P6,P7,P8", help="comma-separated subset of P1,P2,P3,P5,P6,P7,P8")
+    p.add_argument("--only", default="P1,P2,P3,P5,P6,P6b,P7,P8,P9",
+                   help="comma-separated subset of P1,P2,P3,P5,P6,P6b,P7,P8,P9")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1,
                    help="torch.set_num_threads: 1 is steadiest when other work shares the cores")
@@ -64,9 +67,10 @@ def parse(argv):
     p.add_argument("--p7-skip-generation", action="store_true",
                    help="P7: rank and ppl only (eval_model's default also generates a reply)")
     p.add_argument("--p6-messages", default="opening,third",
-                   help="P6: which session messages to time (opening, third)")
+                   help="P6 and P6b: which session messages to time (opening, third)")
     p.add_argument("--self-chat-model-file", default="zoo:transfertransfo/smollm2_135m/model",
                    help="P8: model file or zoo path for 8 self-chats at -bs 1 and -bs 8")
+    p.add_argument("--p9-profile", action="store_true", help="P9: print the host side's top functions")
     return p.parse_args(argv)
 
 
@@ -103,7 +107,7 @@ def rows_for(bench, model, result, device):
         rows.append((bench, model, side, value, f"{min(ts):.3f}-{max(ts):.3f}", ""))
     goals = result.get("goals") or [g + (None,) for g in GOALS[bench]]
     for num, den, goal, ok, note in goals:
-        if bench in ("P3", "P6"):  # throughput: ours over theirs
+        if bench in ("P3", "P6", "P6b"):  # throughput: ours over theirs
             ratio = per_s[num] / per_s[den]
         else:
             ratio = common.median(times[num]) / common.median(times[den])
@@ -171,6 +175,20 @@ def main(argv=None):
                              "on all sides; CPU seconds of this process (medians): "
                              + ", ".join(f"{k} {common.median(v):.1f} s" for k, v in r["cpu"].items()))
                 report("P6", f"{model}, {name}", r)
+        if "P6B" in only:
+            from benchmarks import serving
+            for turn, name in serving.TURNS:
+                if name.split()[0] not in args.p6_messages.split(","):
+                    continue
+                r = serving.run(model, args.workdir, args.device, args.reps, dialogs, turn=turn,
+                                sides=serving.P6B_SIDES, cpu_clock=args.device == "cpu")
+                clock = "CPU seconds of this process; wall medians" if args.device == "cpu" else "wall seconds; the same"
+                notes.append(f"P6b {model} {name}: P6's 16 sessions, and one request with top_k 10**6 sent "
+                             "straight to the scheduler once their replies stream; it failed alone "
+                             f"{r['poisoned_failed']} times in {args.reps} repetitions, the 16 replies equal "
+                             f"P6's; times are {clock}: "
+                             + ", ".join(f"{k} {common.median(v):.2f} s" for k, v in r["wall"].items()))
+                report("P6b", f"{model}, {name}", r)
     if "P5" in only:
         from benchmarks import interactive
         r = interactive.run(args.interactive_model_file, args.device, args.reps)
@@ -208,6 +226,26 @@ def main(argv=None):
                         + ", ".join(f"{k} {common.median(v):.1f} s" for k, v in r["wall"].items())
                         if args.device == "cpu" else "wall times"))
         report("P8", args.self_chat_model_file.replace("zoo:transfertransfo/", "").replace("/model", ""), r)
+
+    if "P9" in only:
+        from benchmarks import host_overhead
+        r = host_overhead.run(os.path.join(args.workdir, "p9"), args.reps, profile=args.p9_profile)
+        notes.append(f"P9: host side per example (wall minus the model's forward, backward and optimizer step) "
+                     f"of the real train_model / eval_model loops, -bs {r['batch']}, {r['steps']} steps, the recipe's "
+                     f"README settings, a 1-layer 8-dim GPT-2 over the real vocabulary; the GPU budget is "
+                     f"{r['budget_ms']} ms per training example")
+        for side, host in r["host_ms"].items():
+            model = common.median(r["model_ms"][side])
+            goal = f"<= {r['budget_ms']} ms (GPU time per example)" if "num-workers" in side else ""
+            verdict = ("ok" if common.median(host) <= r["budget_ms"] else "MISSED") if goal else ""
+            waiting = common.median(r["waiting_ms"][side])
+            extra = f", waiting on workers {waiting:.2f} ms" if waiting else ""
+            row = ("P9", "host side", side, f"{common.median(host):.3f} ms/example (model {model:.1f} ms{extra})",
+                   goal or f"{min(host):.3f}-{max(host):.3f}", verdict)
+            rows.append(row)
+            print(" | ".join(row), flush=True)
+        for side, text in r["profiles"].items():
+            print(f"P9 profile, {side}:\n{text}")
 
     print()
     print(f"Machine: {common.machine(args.device)}; {args.reps} reps, sides interleaved")

@@ -12,6 +12,14 @@ Each side also runs with the persona cache off (`--persona-cache-mib 0`: every c
 runs whole), the previous path: the cache's gain, measured in the same interleaving. With
 it on, a later message finds its session's persona computed by an earlier one (here:
 the check's first pass), as in a chat; an opening message finds the cache empty.
+
+P6b, the cost of isolation: the same 16 sessions at once, and once their replies are
+streaming, one poisoned request joins them (a top_k past the vocabulary, sent straight to
+the scheduler as if validation had missed it: it is prefilled, joins the batch and fails
+at its first step). Its failure must cost the 16 almost nothing (goal: >= 95% of P6's
+throughput), and their replies must be exactly P6's (checked first). On a CPU the two
+sides are compared by this process's CPU seconds (cpu_clock), as P8 is: wall times on this
+shared machine spread by a third between repetitions.
 """
 import asyncio
 import statistics
@@ -30,6 +38,8 @@ TURNS = ((0, "opening message"), (2, "third message"))
 AT_ONCE, ONE_BY_ONE = "16 sessions at once (dynamic batching)", "the same requests one at a time"
 WHOLE = ", whole contexts (no persona cache)"
 SIDES = (AT_ONCE, ONE_BY_ONE, AT_ONCE + WHOLE, ONE_BY_ONE + WHOLE)
+POISONED = AT_ONCE + ", one poisoned request among them"
+P6B_SIDES = (AT_ONCE, POISONED)
 
 
 def sessions(dialogs, n, turn):
@@ -46,24 +56,41 @@ def sessions(dialogs, n, turn):
     raise ValueError(f"fewer than {n} dialogs with {turn + 1} turns")
 
 
-async def _serve(scheduler, requests, decoding, together):
-    async def one(persona, utterances):
+async def _serve(scheduler, requests, decoding, together, poison=None):
+    """(reply, latency) of each request. With `poison` (persona, utterances, decoding): that
+    request is submitted once the first reply token has come, and must fail."""
+    streaming = asyncio.Event()
+
+    async def one(persona, utterances, decoding=decoding):
         job = Job(persona, utterances, decoding)
         scheduler.submit(job)
         text = None
         async for event in job.stream():
-            if event[0] == "end":
+            if event[0] == "delta":
+                streaming.set()
+            elif event[0] == "end":
                 text = event[2]["text"]
             elif event[0] == "error":
                 raise RuntimeError(event[1])
         return text, time.perf_counter() - job.submitted
 
+    async def poisoned():
+        await streaming.wait()
+        try:
+            await one(*poison)
+        except RuntimeError:
+            return
+        raise AssertionError("P6b: the poisoned request did not fail")
+
     if together:
-        return await asyncio.gather(*[one(*r) for r in requests])
+        return (await asyncio.gather(*[one(*r) for r in requests], *([poisoned()] if poison else [])))[:len(requests)]
     return [await one(*r) for r in requests]
 
 
-def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2):
+def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2, sides=SIDES, cpu_clock=False):
+    """cpu_clock: the sides' times (and so their throughput) in this process's CPU seconds,
+    not wall seconds: on a CPU shared with other jobs, what a few per cent apart can be
+    told by (the wall times are kept under "wall")."""
     agent = make_agent(model, workdir, device, "--inference", "greedy", "--beam-min-length", STEPS,
                        "--label-truncate", STEPS)
     decoding = defaults_from_opt(agent.opt)
@@ -76,18 +103,22 @@ def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2):
             if turn == 0:
                 cache.clear()  # a chat's first message: its persona is new
             start, cpu_start = time.perf_counter(), time.process_time()
-            results = asyncio.run(_serve(scheduler, requests, decoding, name.startswith(AT_ONCE)))
+            poison = None
+            if name == POISONED:  # a request validation would refuse: it fails in the scheduler
+                poison = (requests[0][0], requests[0][1], decoding.replace(inference="topk", top_k=10**6))
+            results = asyncio.run(_serve(scheduler, requests, decoding, name.startswith(AT_ONCE), poison))
             cpu[name].append(time.process_time() - cpu_start)
             return time.perf_counter() - start, results
 
-        cpu = {name: [] for name in SIDES}  # this process's CPU seconds: the neighbours' load left out
+        cpu = {name: [] for name in sides}  # this process's CPU seconds: the neighbours' load left out
         # Same computation first: every side gives the same replies.
-        replies = {name: [t for t, _ in side(name)[1]] for name in SIDES}
+        replies = {name: [t for t, _ in side(name)[1]] for name in sides}
         if any(r != replies[AT_ONCE] for r in replies.values()):
             raise AssertionError(f"P6 {model}: the sides' replies differ")
-        times, latencies = {name: [] for name in SIDES}, {name: [] for name in SIDES}
+        failed = scheduler.stats["failed"]
+        times, latencies = {name: [] for name in sides}, {name: [] for name in sides}
         for rep in range(reps):  # interleaved: the order rotates every repetition
-            for name in SIDES[rep % len(SIDES):] + SIDES[:rep % len(SIDES)]:
+            for name in sides[rep % len(sides):] + sides[:rep % len(sides)]:
                 seconds, results = side(name)
                 times[name].append(seconds)
                 latencies[name] += [latency for _, latency in results]
@@ -96,12 +127,14 @@ def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2):
         scheduler.stop()
     tokens = n_sessions * STEPS
     context = statistics.mean(len(_context_ids(agent, r)) for r in requests)
+    cpu = {name: ts[1:] for name, ts in cpu.items()}  # the check's pass left out
+    wall, times = times, (cpu if cpu_clock else times)
     return {
-        "times": times,
-        "cpu": {name: ts[1:] for name, ts in cpu.items()},  # the check's pass left out
+        "times": times, "wall": wall, "cpu": cpu,
         "tokens_per_s": {name: tokens / statistics.median(ts) for name, ts in times.items()},
         "latency": {name: (_percentile(ls, 50), _percentile(ls, 95)) for name, ls in latencies.items()},
         "context_tokens": round(context), "sessions": n_sessions, "turn": turn,
+        "poisoned_failed": scheduler.stats["failed"] - failed,  # in the timed repetitions
     }
 
 

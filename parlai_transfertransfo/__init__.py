@@ -1,7 +1,7 @@
 """TransferTransfo for ParlAI, in layers (docs/architecture.md):
 
     plugin/    how ParlAI finds us: registration, compat patches, the `-m` shim
-    serving/ selfchat/ crowdsourcing/ scripts/ tools/   the apps
+    serving/ selfchat/ crowdsourcing/ distributed/ scripts/ tools/   the apps
     agent/     ParlAI glue: TransfertransfoAgent, its model wrapper, dictionary, history
     weights/ data/   where weights and PERSONA-CHAT files come from and go
     recipe/    the recipe itself: pure torch + transformers, no ParlAI

@@ -201,3 +201,16 @@ def tiny_transfertransfo_model(tmp_path_factory, tiny_gpt2_dir):
     )
     assert status == 0, log[-3000:]
     return str(out / "model")
+
+
+@pytest.fixture(scope="session")
+def serving_server(tmp_path_factory):
+    """`parlai serve_transfertransfo` on the tiny serving model (serving_helpers), one for
+    every serving test file that runs in this process."""
+    from serving_helpers import SERVER_ARGS, ServerProcess, shared_model_file
+
+    proc = ServerProcess(shared_model_file(tmp_path_factory), *SERVER_ARGS,
+                         log_path=tmp_path_factory.mktemp("log") / "server.log")
+    yield proc
+    proc.stop()
+

@@ -4,14 +4,22 @@ The model is a random GPT-2 (2 layers, 32 dims) with GPT-2's real tokenizer and 
 positions, saved as a ParlAI model file the way training saves one: `parlai
 serve_transfertransfo -mf` loads it like any fine-tuned model.
 """
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.request
 
 PARLAI = os.path.join(os.path.dirname(sys.executable), "parlai")
 PERSONA = ["i love cats.", "i have two dogs.", "i work as a nurse."]
+# the shared server's options (conftest.serving_server). Its clients come from 127.0.0.1,
+# which is also trusted as a proxy: a test that sends X-Forwarded-For is a client of its
+# own for the per-client session limit.
+SERVER_ARGS = ["--max-tokens-limit", 1000, "--max-message-chars", 20000, "--max-context-tokens", 0,
+               "--cors-origins", "https://allowed.example", "--forwarded-allow-ips", "127.0.0.1",
+               "--session-rate-limit", 30]
 
 
 def tiny_model_dir(path):
@@ -108,6 +116,47 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models: torch's second thread only adds waiting on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def agent_reply(agent, utterances, persona=PERSONA):
+    """(what `parlai interactive` answers after this dialogue, its context's length)."""
+    from parlai_transfertransfo.data.personas import persona_text
+
+    agent.reset()
+    obs = agent.observe({"text": persona_text(persona) + "\n" + "\n".join(utterances), "episode_done": False})
+    return agent.act()["text"], len(obs["text_vec"])
+
+
+def chat(persona, utterances):
+    """OpenAI messages: the persona as the system message, then user/assistant turns."""
+    messages = [{"role": "system", "content": " ".join(persona)}]
+    for i, text in enumerate(utterances):
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+    return messages
+
+
+def metrics(server):
+    """/metrics parsed by prometheus-client's own parser: {(sample name, labels...): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(server.url + "/metrics", timeout=60) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    return {(sample.name, *sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def http_json(method, url, body=None, headers=None, timeout=60):

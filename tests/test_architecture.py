@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "parlai_transfertransfo"
 # folders that are packages of ours under another name (setup.py's package_dir)
 MAPPED = {"zoo": f"{PACKAGE}.zoo", "tasks": f"{PACKAGE}.tasks"}
-APPS = ("serving", "selfchat", "crowdsourcing", "scripts", "tools", "zoo", "tasks")
+APPS = ("serving", "selfchat", "crowdsourcing", "scripts", "tools", "distributed", "zoo", "tasks")
 # layer -> the layers its modules may import (its own included); `errors` is everyone's
 MAY_IMPORT = {
     "recipe": {"recipe"},

@@ -71,3 +71,19 @@ def test_a_benchmark_whose_sides_disagree_stops_with_an_error_and_no_ratio(name,
         bench.run(name, disagree=True)
     assert bench.events == ["reference"]  # checked once, never timed
     assert "ratio" not in bench.out
+
+
+def test_p6b_times_a_poisoned_request_that_fails_alone(bench):
+    """P6b: the 16 sessions' replies with the poisoned request among them are P6's (checked
+    before timing), it fails in every repetition, and the ratio to P6 is printed."""
+    import concurrent.futures
+
+    args = ["--model", "gpt2-small", "--only", "P6b", "--reps", "1", "--p6-messages", "opening",
+            "--workdir", str(bench.workdir)]
+    # a thread of its own: P6b runs asyncio, which a browser test's loop in this thread refuses
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(run.main, args).result()
+    out = bench.capsys.readouterr().out
+    assert ("| P6b | gpt2-small, opening message | ratio 16 sessions at once (dynamic batching), one poisoned "
+            "request among them / 16 sessions at once (dynamic batching) |") in out
+    assert "it failed alone 1 times in 1 repetitions, the 16 replies equal P6's" in out

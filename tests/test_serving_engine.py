@@ -16,7 +16,8 @@ from parlai_transfertransfo.data.personas import persona_text
 from parlai_transfertransfo.serving import dialogue, kv_batch
 from parlai_transfertransfo.serving.decoding import Choice, defaults_from_opt
 from parlai_transfertransfo.serving.scheduler import Job, Scheduler
-from parlai_transfertransfo.serving.sessions import SessionStore
+from parlai_transfertransfo.serving.rate_limit import RateLimit
+from parlai_transfertransfo.serving.sessions import SessionStore, SessionsFull
 from serving_helpers import PERSONA, http_json, make_agent, shared_model_file
 
 DIALOGUES = [
@@ -168,6 +169,47 @@ def test_a_cancelled_request_leaves_the_batch_and_the_others_finish(agent):
     assert health["cancelled_tokens"] < 400
 
 
+def test_a_request_that_fails_in_its_rows_fails_alone(agent):
+    """Past validation, whatever goes wrong in one request's rows fails that request only:
+    requests the sampler cannot honour (a top_k past the vocabulary, a temperature it cannot
+    divide by, a stop it cannot search for), sent straight to the scheduler while a greedy
+    and a beam request are mid-reply, each end with an error, and the two finish with
+    exactly the replies they give alone."""
+    d = defaults_from_opt(agent.opt).replace(max_tokens=60)
+    goods = [(DIALOGUES[0], d), (DIALOGUES[1], d.replace(inference="beam", beam_size=3))]
+    bads = [d.replace(inference="topk", top_k=10**6), d.replace(inference="topk", top_k=2**70),
+            d.replace(inference="nucleus", temperature=1e-300), d.replace(stop=(None,))]
+
+    async def collect(job):
+        return [event async for event in job.stream()]
+
+    async def main():
+        scheduler = Scheduler(agent).start()
+        try:
+            good = [Job(PERSONA, u, dec) for u, dec in goods]
+            for job in good:
+                scheduler.submit(job)
+            readers = [asyncio.ensure_future(collect(job)) for job in good]
+            while scheduler.stats["steps"] < 5:
+                await asyncio.sleep(0.001)
+            bad = [Job(PERSONA, DIALOGUES[2], dec) for dec in bads]
+            for job in bad:
+                scheduler.submit(job)
+            results = await asyncio.gather(*readers, *[collect(job) for job in bad])
+            return results, scheduler.health(), max(job.finished for job in bad) < min(job.finished for job in good)
+        finally:
+            scheduler.stop()
+
+    results, health, failed_first = run_in_own_loop(main())
+    alone = [run_jobs(agent, [request])[0][0] for request in goods]
+    assert [ends(r)[0]["text"] for r in results[:2]] == [ends(r)[0]["text"] for r in alone]
+    errors = [r[-1] for r in results[2:]]
+    assert [e[0] for e in errors] == ["error"] * 4
+    assert "RuntimeError" in errors[0][1] and "FloatingPointError" in errors[2][1], errors
+    assert health["failed"] == 4 and health["completed"] == 2 and health["running_requests"] == 0
+    assert failed_first  # the good ones went on after the failures
+
+
 @pytest.mark.parametrize("backbone", ["tiny_gpt2_dir", "tiny_llama_dir", "tiny_openai_gpt_dir"])
 def test_padded_batch_continues_each_context_as_alone(backbone, request):
     """kv_batch: contexts of different lengths joined (left padding) and trimmed again
@@ -223,31 +265,52 @@ def test_streamed_text_holds_back_what_may_become_a_stop_sequence():
     assert choice._delta("hello ENx caf\ufffd") == " caf"  # an incomplete UTF-8 character waits
 
 
-def test_sessions_expire_when_idle_and_stay_bounded():
+def test_sessions_expire_when_idle_and_a_new_one_never_evicts_one_in_use():
     now = [0.0]
     store = SessionStore(ttl=60, max_sessions=2, clock=lambda: now[0])
     a = store.create(["p"], [], {})
+    now[0] = 10
     b = store.create(["q"], [], {})
-    assert store.get(a.id) is a  # a is now the most recently used
-    c = store.create(["r"], [], {})  # full: b, the least recently used, goes
-    assert store.get(b.id) is None and store.get(c.id) is c
-    now[0] = 61
-    assert store.get(a.id) is None and len(store) == 0
+    now[0] = 30
+    with pytest.raises(SessionsFull) as full:  # both were used in the last 60 s: neither goes
+        store.create(["r"], [], {})
+    assert "--max-sessions" in str(full.value) and full.value.retry_after == 30  # when a expires
+    assert store.get(a.id) is a and store.get(b.id) is b
+    now[0] = 91  # b idle for 61 s, a for 61 s too (read at 30): both expire
+    c = store.create(["r"], [], {})
+    assert store.get(b.id) is None and store.get(c.id) is c and len(store) == 1
     assert len(a.id) >= 20  # ids are unguessable capabilities
 
 
-def test_api_key_is_required_on_the_api_but_not_for_the_page(agent):
+def test_the_rate_limit_allows_a_burst_then_refills_evenly():
+    now = [0.0]
+    limit = RateLimit(per_minute=3, clock=lambda: now[0])
+    assert [limit.take("a") for _ in range(3)] == [0.0] * 3
+    assert limit.take("a") == pytest.approx(20.0) and limit.take("b") == 0.0  # per address
+    now[0] = 20.0
+    assert limit.take("a") == 0.0 and limit.take("a") == pytest.approx(20.0)
+    assert RateLimit(per_minute=0).take("a") == 0.0  # 0: no limit
+
+
+def test_api_key_guards_the_api_and_counters_and_a_full_store_refuses_new_sessions(agent):
+    """The real app on uvicorn: --api-key guards /v1, /api, /metrics, /tokenize and the
+    counters of /health, never the page; with every session place taken, creating one is a
+    503 and evicts nobody; /health says 503 once the model no longer decodes."""
+    import urllib.request
+
     import uvicorn
 
     from parlai_transfertransfo.serving.app import ServeConfig, create_app
 
     scheduler = Scheduler(agent).start()
     config = ServeConfig(model_id="tiny", defaults=defaults_from_opt(agent.opt), default_persona=PERSONA,
-                         new_persona=lambda: PERSONA, random_persona=lambda: PERSONA, api_key="s3cret")
+                         new_persona=lambda: PERSONA, random_persona=lambda: PERSONA, api_key="s3cret",
+                         max_sessions=2, session_rate_limit=0)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(scheduler, config), port=port, log_level="warning", ws="none"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    key = {"Authorization": "Bearer s3cret"}
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = 200
@@ -257,12 +320,24 @@ def test_api_key_is_required_on_the_api_but_not_for_the_page(agent):
         status, body = http_json("GET", url + "/v1/models")
         assert status == 401 and body["error"]["code"] == "invalid_api_key"
         assert http_json("GET", url + "/v1/models", headers={"Authorization": "Bearer wrong"})[0] == 401
-        assert http_json("POST", url + "/api/sessions")[0] == 401
-        status, body = http_json("GET", url + "/v1/models", headers={"Authorization": "Bearer s3cret"})
+        for method, path in [("POST", "/api/sessions"), ("GET", "/metrics"), ("POST", "/tokenize"),
+                             ("POST", "/detokenize"), ("POST", "/v1/completions")]:
+            assert http_json(method, url + path)[0] == 401, path
+        status, body = http_json("GET", url + "/v1/models", headers=key)
         assert status == 200 and body["data"][0]["id"] == "tiny"
-        import urllib.request
         with urllib.request.urlopen(url + "/") as page:
             assert b"TransferTransfo" in page.read()
+        assert http_json("GET", url + "/health")[1] == {"status": "ok", "model": "tiny"}  # no counters
+        assert http_json("GET", url + "/health", headers=key)[1]["requests"] == 0
+        with urllib.request.urlopen(urllib.request.Request(url + "/metrics", headers=key)) as r:
+            assert b"transfertransfo_page_sessions 0.0" in r.read()
+        a, b = [http_json("POST", url + "/api/sessions", headers=key)[1] for _ in range(2)]
+        status, body = http_json("POST", url + "/api/sessions", headers=key)
+        assert status == 503 and "(2, --max-sessions)" in body["error"]["message"]
+        for session in (a, b):
+            assert http_json("GET", f"{url}/api/sessions/{session['id']}", headers=key)[0] == 200
+        scheduler.stop()
+        assert http_json("GET", url + "/health") == (503, {"status": "unavailable", "model": "tiny"})
     finally:
         server.should_exit = True
         thread.join(timeout=10)

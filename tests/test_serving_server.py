@@ -1,9 +1,9 @@
 """`parlai serve_transfertransfo` as users run it: a real server process, the official
 `openai` client, and the chat page in headless Chromium (Playwright).
 
-One server for the module (a tiny random GPT-2 with 1024 positions and GPT-2's real
-tokenizer, saved as a ParlAI model file); greedy replies are checked against the agent's
-own `act` on the same model file.
+One server (conftest.serving_server, shared with test_serving_api.py: a tiny random GPT-2
+with 1024 positions and GPT-2's real tokenizer, saved as a ParlAI model file); greedy
+replies are checked against the agent's own `act` on the same model file.
 """
 import json
 import os
@@ -15,13 +15,11 @@ import urllib.request
 
 import openai
 import pytest
-import torch
 
-from conftest import free_port
-from parlai_transfertransfo.data.personas import DEFAULT_PERSONA, persona_text
-from serving_helpers import PARLAI, PERSONA, ServerProcess, http_json, make_agent, shared_model_file
-
-SERVER_ARGS = ["--max-tokens-limit", 1000, "--max-message-chars", 20000, "--max-context-tokens", 0]
+from parlai_transfertransfo.data.personas import DEFAULT_PERSONA
+from serving_helpers import (
+    PARLAI, PERSONA, agent_reply, chat, http_json, make_agent, metrics, one_thread, shared_model_file,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,37 +28,19 @@ def model_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(model_file, tmp_path_factory):
-    proc = ServerProcess(model_file, *SERVER_ARGS, log_path=tmp_path_factory.mktemp("log") / "server.log")
-    yield proc
-    proc.stop()
+def server(serving_server):
+    return serving_server
 
 
 @pytest.fixture(scope="module")
 def agent(model_file):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield make_agent(model_file, "--inference", "greedy")
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield make_agent(model_file, "--inference", "greedy")
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-def agent_reply(agent, utterances, persona=PERSONA):
-    agent.reset()
-    obs = agent.observe({"text": persona_text(persona) + "\n" + "\n".join(utterances), "episode_done": False})
-    return agent.act()["text"], len(obs["text_vec"])
-
-
-def chat(persona, utterances):
-    """OpenAI messages: the persona as the system message, then user/assistant turns."""
-    messages = [{"role": "system", "content": " ".join(persona)}]
-    for i, text in enumerate(utterances):
-        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
-    return messages
+def client(serving_server):
+    return openai.OpenAI(base_url=serving_server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 # ---------------------------------------------------------------------------- the command
@@ -210,6 +190,7 @@ def test_a_client_that_disconnects_stops_its_generation(client, server):
     assert health["cancelled"] == before.get("cancelled", 0) + 1
     assert health["cancelled_tokens"] - before.get("cancelled_tokens", 0) < 800  # stopped early
     assert other.usage.completion_tokens == 30
+    assert metrics(server)[("transfertransfo_generations_total", ("outcome", "cancelled"))] == health["cancelled"]
 
 
 def test_page_sessions_are_separate(server):
@@ -291,7 +272,8 @@ def test_the_chat_page_in_a_real_browser(browser, server, tmp_path):
         assert [role for role, _ in messages_of(page)] == ["user", "bot", "user", "bot"]
         # settings apply to this session
         page.click("#settings summary")
-        page.select_option("select[name=inference]", "greedy")
+        with page.expect_response(lambda r: r.request.method == "PATCH"):  # the edit has landed
+            page.select_option("select[name=inference]", "greedy")
         page.wait_for_function("document.querySelector('#status').textContent === ''")
         assert session_of(page, server)["settings"]["inference"] == "greedy"
         page.click("#undo")

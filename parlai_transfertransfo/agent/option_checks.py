@@ -64,6 +64,20 @@ def validate(opt):
                 f"{_flag(name)} {value} leaves no room for the context: use at least "
                 f"{MIN_TEXT_TRUNCATE} tokens (or -1 for no limit but the model's positions)"
             )
+    check_background_workers(opt)
+
+
+def check_background_workers(opt):
+    """ParlAI's `--num-workers N` builds training batches in worker processes by length
+    (its dynamic batching), which needs a context cap: without one every worker dies in a
+    ValueError traceback after the model is built."""
+    workers = opt.get("num_workers") or 0
+    if workers > 0 and "train" in (opt.get("datatype") or "") and "evalmode" not in opt["datatype"]:
+        if not any((opt.get(name) or -1) > 0 for name in ("text_truncate", "truncate")):
+            raise TransfertransfoError(
+                f"--num-workers {workers} batches by length in worker processes and needs a context cap: "
+                "add --text-truncate N (e.g. 512, or the model's positions)"
+            )
 
 
 def training(opt):

@@ -12,7 +12,7 @@ def candidate_inputs(agent, batch):
     special = agent.special
     prefix_lengths = batch.text_mask.sum(-1).tolist()
     for i, cands in enumerate(batch.candidates or []):
-        vecs = batch.tt_cand_vecs[i] or [agent._reply_vec(c) for c in cands or []]
+        vecs = batch.tt_cand_vecs[i] or agent.dict.txt2vecs(list(cands or []))
         room = agent.max_positions - prefix_lengths[i] - 2  # <speaker1> ... <eos>
         for vec in vecs:
             if len(vec) > room:

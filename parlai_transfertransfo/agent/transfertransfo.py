@@ -120,12 +120,14 @@ class TransfertransfoAgent(TorchGeneratorAgent):
     def _set_text_vec(self, obs, history, truncate):
         if "text" not in obs or not (history.utterance_vecs or history.persona_vecs):
             return obs  # a persona alone is enough: the bot opens (self-chat's first turn)
-        replies = [self._reply_vec(t) for t in obs.get("labels", obs.get("eval_labels", []))]
+        replies = self.dict.txt2vecs(list(obs.get("labels", obs.get("eval_labels", []))))
         if "labels" not in obs and obs.get("label_candidates"):  # ranked at evaluation
-            obs["tt_cand_vecs"] = [self._reply_vec(c) for c in obs["label_candidates"]]
-            replies += obs["tt_cand_vecs"]
+            obs["tt_cand_vecs"] = self.dict.txt2vecs(list(obs["label_candidates"]))
+            replies = replies + obs["tt_cand_vecs"]
         budget = max([self.reply_max_tokens] + [len(r) for r in replies]) + 1
         persona, utterances = instances.context_segments(self, history, budget)
+        if "labels" in obs:  # training: the recipe's instances, built here (in --num-workers' workers)
+            obs["tt_instances"] = instances.observed_instances(self, obs, persona, utterances, replies)
         ids, types, reply_type = segments.build_prefix(persona, utterances, self.special)
         obs["tt_persona"], obs["tt_history"] = persona, utterances
         obs["text_vec"] = torch.LongTensor(ids)
@@ -148,6 +150,7 @@ class TransfertransfoAgent(TorchGeneratorAgent):
         batch.segments = [(o["tt_persona"], o["tt_history"]) for o in valid]
         batch.candidates = [o.get("label_candidates") for o in valid]
         batch.tt_cand_vecs = [o.get("tt_cand_vecs") for o in valid]
+        batch.tt_instances = [o.get("tt_instances") for o in valid]
         if not any(batch.candidates):
             batch.candidates = None
         return batch

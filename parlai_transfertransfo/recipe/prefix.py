@@ -5,20 +5,22 @@ keys/values, mask and next positions, never written in place.
 """
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
 def left_pad(rows, pad):
     """(padded [B, W], mask [B, W]) of id lists, right-aligned: the LEFT padding every
-    cached prefix here expects (padding is `pad`, masked out)."""
+    cached prefix here expects (padding is `pad`, masked out). Filled in numpy: one torch
+    tensor per row cost more than the rest of a training batch's host work."""
     width = max(len(r) for r in rows)
-    padded = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    padded = np.full((len(rows), width), pad, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, r in enumerate(rows):
         if len(r):
-            padded[i, width - len(r):] = torch.as_tensor(r)
+            padded[i, width - len(r):] = r
             mask[i, width - len(r):] = 1
-    return padded, mask
+    return torch.from_numpy(padded), torch.from_numpy(mask)
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,17 @@ def setup_args(parser=None):
     group.add_argument("--max-body-bytes", type=int, default=262144, help="larger request bodies get 413")
     group.add_argument("--max-message-chars", type=int, default=4000, help="longer messages get 400")
     group.add_argument("--max-messages", type=int, default=256, help="more messages in a request get 400")
-    group.add_argument("--max-sessions", type=int, default=1000, help="page sessions kept (least recent goes)")
+    group.add_argument("--max-sessions", type=int, default=1000,
+                       help="page sessions kept; when all were used within --session-ttl, a new one gets 503")
     group.add_argument("--session-ttl", type=float, default=1800, help="seconds before an idle page session expires")
+    group.add_argument("--session-rate-limit", type=int, default=10,
+                       help="new page sessions a minute per client address (429 past it; 0: no limit)")
+    group.add_argument("--forwarded-allow-ips", type=str, default="",
+                       help="behind a reverse proxy: its address(es), comma-separated ('*': any), whose "
+                       "X-Forwarded-For names the client (for the per-client limit); default: trust none")
+    group.add_argument("--cors-origins", type=str, default="",
+                       help="comma-separated origins whose web pages may call the API (e.g. "
+                       "https://app.example.com; '*': any); default: none")
     parser.set_defaults(interactive_mode=True)
     return parser
 
@@ -74,6 +83,10 @@ def model_id(opt):
     if mf.startswith(zoo + os.sep):  # ParlAI has resolved zoo:NAME to {datapath}/models/NAME
         return os.path.relpath(mf, zoo)
     return os.path.join(os.path.basename(os.path.dirname(mf)), os.path.basename(mf))
+
+
+def _listed(text):
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
 
 
 def load_agent(opt):
@@ -112,6 +125,11 @@ class ServeTransfertransfo(ParlaiScript):
         opt = self.opt
         if not opt.get("model_file"):
             raise TransfertransfoError("serve_transfertransfo needs -mf MODEL_FILE (e.g. zoo:transfertransfo/smollm2_135m/model)")
+        for name in ("max_sessions", "max_batch_rows", "max_queue", "max_body_bytes", "max_tokens_limit"):
+            if opt[name] < 1:
+                raise TransfertransfoError(f"--{name.replace('_', '-')} {opt[name]}: give a number of at least 1")
+        if opt["session_rate_limit"] < 0:
+            raise TransfertransfoError(f"--session-rate-limit {opt['session_rate_limit']}: give 0 (no limit) or more")
         sock = listen(opt["host"], opt["port"])
         scheduler = None
         try:
@@ -128,7 +146,8 @@ class ServeTransfertransfo(ParlaiScript):
                               opt["max_batch_rows"]),
                 suggestions=opt["suggestions"], api_key=opt.get("api_key"),
                 max_body_bytes=opt["max_body_bytes"], session_ttl=opt["session_ttl"],
-                max_sessions=opt["max_sessions"],
+                max_sessions=opt["max_sessions"], session_rate_limit=opt["session_rate_limit"],
+                cors_origins=_listed(opt["cors_origins"]),
             )
             app = serving_app.create_app(scheduler, config)
             host, port = sock.getsockname()[:2]
@@ -138,8 +157,10 @@ class ServeTransfertransfo(ParlaiScript):
             # ws="none": the server streams over HTTP (server-sent events) and needs no
             # websockets; uvicorn's "auto" would import whichever `websockets` is installed,
             # and the crowd extra's Mephisto pins one (10.4) too old for uvicorn 0.54.
+            forwarded = _listed(opt["forwarded_allow_ips"])
             server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3,
-                                                   ws="none"))
+                                                   ws="none", proxy_headers=bool(forwarded),
+                                                   forwarded_allow_ips=list(forwarded) or None))
             server.run(sockets=[sock])
         finally:
             sock.close()

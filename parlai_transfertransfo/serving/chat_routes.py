@@ -9,6 +9,11 @@
     POST   /api/sessions/{id}/user-persona   a random persona for the user
     POST   /api/sessions/{id}/undo           remove the last exchange
     POST   /api/sessions/{id}/reset          clear the conversation
+
+Creating a session is limited per client address (--session-rate-limit, 429 past it) and
+never pushes out a session in use (503 when every place is taken: sessions.py). Bodies are
+strictly typed, as the OpenAI API's: a setting the sampler cannot honour is a 400 naming
+it, before it is stored.
 """
 import asyncio
 import contextlib
@@ -18,19 +23,24 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from parlai_transfertransfo.serving import dialogue
 from parlai_transfertransfo.serving.errors import APIError
-from parlai_transfertransfo.serving.openai_routes import cancel_on_disconnect, submit
+from parlai_transfertransfo.serving.job_io import SSE_HEADERS, cancel_on_disconnect, submit
+from parlai_transfertransfo.serving.rate_limit import retry_after
+from parlai_transfertransfo.serving.sessions import SessionsFull
+from parlai_transfertransfo.serving.validation import MIN_TEMPERATURE, Finite, Text
 
 router = APIRouter(prefix="/api/sessions")
+STRICT = ConfigDict(strict=True)
 
 
 class Settings(BaseModel):
+    model_config = STRICT
     inference: Literal["greedy", "nucleus", "topk", "beam"] | None = None
-    temperature: float | None = Field(None, gt=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: Finite | None = Field(None, ge=MIN_TEMPERATURE, le=2)
+    top_p: Finite | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1, le=1000)
     beam_size: int | None = Field(None, ge=1, le=16)
     max_tokens: int | None = Field(None, ge=1)
@@ -38,13 +48,15 @@ class Settings(BaseModel):
 
 
 class SessionEdit(BaseModel):
-    persona: str | None = Field(None, description="the bot's persona, one sentence per line")
-    user_persona: str | None = Field(None, description="the user's persona ('' for none)")
+    model_config = STRICT
+    persona: Text | None = Field(None, description="the bot's persona, one sentence per line")
+    user_persona: Text | None = Field(None, description="the user's persona ('' for none)")
     settings: Settings | None = None
 
 
 class Say(BaseModel):
-    text: str
+    model_config = STRICT
+    text: Text
 
 
 def page_settings(config):
@@ -75,7 +87,8 @@ def _decoding(session, config, **changes):
     )
     d = d.replace(**changes)
     if d.rows > config.limits.max_rows:
-        raise APIError(400, f"settings: {d.rows} batch rows; this server batches at most {config.limits.max_rows}")
+        raise APIError(400, f"settings.beam_size: {d.rows} batch rows; this server batches at most "
+                       f"{config.limits.max_rows} (--max-batch-rows)", "settings.beam_size")
     return d
 
 
@@ -83,7 +96,16 @@ def _decoding(session, config, **changes):
 async def create(request: Request):
     state = request.app.state
     config = state.config
-    session = state.sessions.create(config.new_persona(), config.random_persona(), page_settings(config))
+    address = request.client.host if request.client else "unknown"
+    wait = state.session_rate.take(address)
+    if wait:
+        raise APIError(429, f"too many new sessions from {address}: at most {state.session_rate.per_minute} a "
+                       "minute (--session-rate-limit); try again shortly", code="rate_limit_exceeded",
+                       headers={"Retry-After": retry_after(wait)})
+    try:
+        session = state.sessions.create(config.new_persona(), config.random_persona(), page_settings(config))
+    except SessionsFull as full:
+        raise APIError(503, str(full), headers={"Retry-After": retry_after(full.retry_after)})
     return session.public()
 
 
@@ -94,21 +116,27 @@ async def read(session_id: str, request: Request):
 
 @router.patch("/{session_id}")
 async def edit(session_id: str, body: SessionEdit, request: Request):
-    config = request.app.state.config
+    """Every change is checked before any is stored: a refused edit changes nothing."""
+    state = request.app.state
+    config = state.config
     session = _session(request, session_id)
+    changes = {}
     if body.persona is not None:
-        persona = _persona(body.persona, config, "persona")
-        if not persona:
+        changes["persona"] = _persona(body.persona, config, "persona")
+        if not changes["persona"]:
             raise APIError(400, "persona: give the bot at least one sentence", "persona")
-        session.persona = persona
     if body.user_persona is not None:
-        session.user_persona = _persona(body.user_persona, config, "user_persona")
-    if body.settings is not None:
-        changes = body.settings.model_dump(exclude_none=True)
-        if changes.get("max_tokens", 0) > config.limits.max_tokens:
-            raise APIError(400, f"settings.max_tokens: at most {config.limits.max_tokens} "
-                           "(--max-tokens-limit)", "settings.max_tokens")
-        session.settings.update(changes)
+        changes["user_persona"] = _persona(body.user_persona, config, "user_persona")
+    settings = body.settings.model_dump(exclude_none=True) if body.settings is not None else {}
+    if settings.get("max_tokens", 0) > config.limits.max_tokens:
+        raise APIError(400, f"settings.max_tokens: at most {config.limits.max_tokens} "
+                       "(--max-tokens-limit)", "settings.max_tokens")
+    if settings.get("top_k", 0) > state.scheduler.vocab_size:
+        raise APIError(400, f"settings.top_k: {settings['top_k']} is more than the model's vocabulary "
+                       f"({state.scheduler.vocab_size} tokens)", "settings.top_k")
+    for name, value in changes.items():
+        setattr(session, name, value)
+    session.settings.update(settings)
     return session.public()
 
 
@@ -156,8 +184,7 @@ async def say(session_id: str, body: Say, request: Request):
     if session.busy:
         raise APIError(409, "a reply is still being written for this session")
     job = session.job = submit(request, session.persona, session.utterances() + [text], _decoding(session, config))
-    return StreamingResponse(_reply_events(job, session, text), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(_reply_events(job, session, text), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _event(name, body):

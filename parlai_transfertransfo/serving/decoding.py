@@ -13,6 +13,11 @@ from parlai.core.torch_generator_agent import BeamSearch, GreedySearch, TopKSamp
 from parlai_transfertransfo.agent.nucleus import TopKNucleusSampling
 
 INFERENCE = ("greedy", "nucleus", "topk", "beam")
+# Nucleus sampling keeps the tokens whose exclusive cumulative mass is below p: any p at
+# most the top token's probability (>= 1/vocabulary) keeps that token alone. ParlAI compares
+# in float32, where a p under ~1e-45 becomes 0 and masks every token (a NaN draw); any p
+# below this one is computed as this one, which keeps the same single token.
+MIN_TOP_P = 1e-8
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class Decoding:
     n: int = 1
     seed: int | None = None
     stop: tuple = ()
+    logprobs: int | None = None  # None: none; k: each token's logprob and the top k
 
     @property
     def rows_per_choice(self) -> int:
@@ -77,7 +83,7 @@ def make_search(agent, decoding: Decoding, device, block_context=()):
     elif d.inference == "topk":
         search = TopKSampling(d.top_k, d.beam_size, min_length=d.min_tokens, **common)
     elif d.inference == "nucleus":
-        search = TopKNucleusSampling(d.top_p, d.beam_size, min_length=d.min_tokens, **common)
+        search = TopKNucleusSampling(max(d.top_p, MIN_TOP_P), d.beam_size, min_length=d.min_tokens, **common)
     else:
         raise ValueError(f"inference must be one of {', '.join(INFERENCE)}, not {d.inference!r}")
     search.set_context(torch.as_tensor(list(block_context), dtype=torch.long))
@@ -104,12 +110,15 @@ class Choice:
     decode: object  # token ids -> text, the agent's _v2t
     eos: int
     job: object = None  # the scheduler's Job this choice belongs to
+    logprobs: int | None = None  # as Decoding.logprobs (one row per choice)
     step: int = 0
     offset: int = 0  # first row in the batch, kept up to date by the scheduler
     tokens: list = field(default_factory=list)
     sent: str = ""
     text: str | None = None
     finish_reason: str | None = None
+    token_logprobs: list = field(default_factory=list)  # (token, logprob, [(token, logprob)] top)
+    sent_logprobs: int = 0  # how many of them went out with a delta
 
     @property
     def done(self) -> bool:
@@ -134,6 +143,21 @@ class Choice:
 
     def cancel(self):
         self.finish_reason = self.finish_reason or "cancelled"
+
+    def record_logprobs(self, logprobs):
+        """The last token's log-probability under `logprobs` [V], and the top k there."""
+        token = self.tokens[-1]
+        top = []
+        if self.logprobs:
+            values, ids = logprobs.topk(self.logprobs)
+            top = list(zip(ids.tolist(), values.tolist()))
+        self.token_logprobs.append((token, float(logprobs[token]), top))
+
+    def unsent_logprobs(self):
+        """The recorded logprobs not yet sent, now marked sent."""
+        unsent = self.token_logprobs[self.sent_logprobs:]
+        self.sent_logprobs = len(self.token_logprobs)
+        return unsent
 
     def backtrack(self):
         return self.search.get_backtrack_from_current_step()

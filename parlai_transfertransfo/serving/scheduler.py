@@ -6,12 +6,15 @@ advances every row of every request by a token. Each request keeps its own ParlA
 search (decoding.py), sampling RNG and stop rules; rows leave the batch as soon as their
 request ends, is cancelled (client gone) or fails, without touching the others.
 
-HTTP handlers talk to it through `Job`: `submit` returns at once, events come back on the
-job's asyncio queue (`start`, `delta`, `end`, then `done`, or `error`).
+One request can never harm another: its settings were validated at the edge
+(validation.py), and past that, whatever goes wrong in its own rows (its search, its
+sampler, scores that are not finite numbers) fails that request alone. The others in the
+same step go on and produce exactly the tokens they would have produced without it.
+
+HTTP handlers talk to it through `Job` (job.py): `submit` returns at once, events come
+back on the job's asyncio queue.
 """
-import asyncio
 import collections
-import contextlib
 import logging
 import threading
 import time
@@ -22,53 +25,16 @@ import torch.nn.functional as F
 from parlai_transfertransfo.recipe.prefix import left_pad
 from parlai_transfertransfo.serving import dialogue, kv_batch
 from parlai_transfertransfo.serving.decoding import Choice, make_search
+from parlai_transfertransfo.serving.job import Job, own_rng
 
+__all__ = ["Job", "QueueFull", "Scheduler"]
 log = logging.getLogger("transfertransfo.serve")
+STATS = ("requests", "completed", "cancelled", "failed", "cancelled_tokens", "generated_tokens", "prompt_tokens",
+         "steps", "row_steps")
 
 
 class QueueFull(Exception):
     """More requests are waiting than --max-queue allows."""
-
-
-class Job:
-    """One request: a dialogue to answer, its decoding settings, and where its events go.
-
-    Create it on the event loop that will read `events`; `cancel()` from anywhere.
-    """
-
-    def __init__(self, persona, utterances, decoding):
-        self.persona, self.utterances, self.decoding = list(persona), list(utterances), decoding
-        self.loop = asyncio.get_running_loop()
-        self.events = asyncio.Queue()
-        self.cancelled = False
-        self.ended = False  # set by the scheduler when the job leaves it, however it ends
-        self.submitted = time.perf_counter()
-        self.open_choices = decoding.n
-        self.completion_tokens = 0
-        self.rng_state = None  # with a seed: torch's RNG state between this job's draws
-
-    def cancel(self):
-        self.cancelled = True
-
-    async def stream(self):
-        """The job's events up to `done` or `error`. A reader that stops early (its client
-        went away: the task is cancelled) cancels the job, freeing its batch rows."""
-        finished = False
-        try:
-            while not finished:
-                event = await self.events.get()
-                finished = event[0] in ("done", "error")
-                yield event
-        finally:
-            if not finished:
-                self.cancel()
-
-    def emit(self, *event):
-        """Thread-safe: queue an event for the job's reader (dropped if its loop is gone)."""
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the event loop has closed: nobody is reading
-            self.cancelled = True
 
 
 class Scheduler:
@@ -80,6 +46,7 @@ class Scheduler:
         self.heads = self.model.double_heads
         self.model.eval()  # no dropout: what the agent's eval_step runs
         self.device = next(self.model.parameters()).device
+        self.vocab_size = self.heads.vocab_size  # what top_k may reach
         self.max_rows, self.max_queue = max_rows, max_queue
         self.max_context_tokens, self.max_prefill_tokens = max_context_tokens, max_prefill_tokens
         self.inbox = collections.deque()
@@ -87,7 +54,9 @@ class Scheduler:
         self.choices = []  # every running Choice, in batch-row order
         self.running = {}  # id -> every job that has rows in the batch
         self.state = None  # their rows' cached contexts (a Prefix), or None when idle
-        self.stats = collections.Counter()
+        # every key there from the start: readers on other threads copy it while it changes
+        self.stats = collections.Counter({name: 0 for name in STATS})
+        self.on_end = None  # called with each job as it leaves (from this thread): /metrics
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="transfertransfo-scheduler", daemon=True)
 
@@ -101,6 +70,10 @@ class Scheduler:
             self.stopping = True
             self.cv.notify_all()
         self.thread.join(timeout=10)
+
+    def alive(self):
+        """Whether it decodes: the model is loaded and its thread runs."""
+        return self.thread.is_alive() and not self.stopping
 
     def submit(self, job):
         with self.cv:
@@ -131,10 +104,10 @@ class Scheduler:
                         self._admit(jobs)
                     if self.choices:
                         self._step()
-            except Exception as err:  # a bug, not a request: fail what runs, keep serving
+            except Exception as err:  # the shared model call itself: fail what runs, keep serving
                 log.exception("decoding failed")
                 for job in list(self.running.values()):
-                    self._fail(job, f"generation failed: {type(err).__name__}: {err}")
+                    self._fail(job, f"generation failed: {type(err).__name__}: {err}", own=False)
                 self.choices, self.state, self.running = [], None, {}
 
     def _take(self):
@@ -151,8 +124,7 @@ class Scheduler:
         ready = []
         for job in jobs:
             if job.cancelled:
-                self.stats["cancelled"] += 1
-                job.ended = True
+                self._end(job, "cancelled")
                 continue
             try:
                 ctx = dialogue.build_context(
@@ -161,7 +133,9 @@ class Scheduler:
             except Exception as err:
                 self._fail(job, f"could not read the dialogue: {err}")
                 continue
-            job.emit("start", {"prompt_tokens": len(ctx.ids) + 1, "notes": ctx.notes})
+            job.prompt_tokens = len(ctx.ids) + 1
+            self.stats["prompt_tokens"] += job.prompt_tokens
+            job.emit("start", {"prompt_tokens": job.prompt_tokens, "notes": ctx.notes})
             ready.append((job, ctx))
         # Prefill calls over contexts of similar lengths: left padding is computed too, so
         # a group closes when padding would pass a fifth of its tokens or the call would
@@ -194,27 +168,36 @@ class Scheduler:
             return
         rows, new = [], []
         for i, (job, ctx) in enumerate(group):
-            room = self.agent.max_positions - len(ctx.ids)
-            max_ts = max(1, min(job.decoding.max_tokens + 1, room))  # the agent's _generate
-            block = []
-            if self.agent.beam_context_block_ngram > 0:
-                block = ctx.dialogue_ids if self.agent.beam_block_full_context else ctx.ids
-            for index in range(job.decoding.n):
-                choice = Choice(
-                    index=index,
-                    search=make_search(self.agent, job.decoding, self.device, block),
-                    rows=job.decoding.rows_per_choice, max_ts=max_ts, reply_type=ctx.reply_type,
-                    temperature=job.decoding.temperature, stop=tuple(job.decoding.stop),
-                    decode=self.agent._v2t, eos=self.agent.END_IDX, job=job,
-                )
-                self.running[id(job)] = job
-                new.append(choice)
-                rows += [i] * choice.rows
+            try:
+                choices = self._choices(job, ctx)
+            except Exception as err:  # its settings: this job alone
+                log.exception("could not start a search")
+                self._fail(job, f"generation failed: {type(err).__name__}: {err}")
+                continue
+            self.running[id(job)] = job
+            new += choices
+            rows += [i] * sum(c.rows for c in choices)
+        if not new:
+            return
         if rows != list(range(len(prefix))):
             prefix = self.heads.select(prefix, torch.tensor(rows, device=self.device))
         self.choices += new
         self.state = kv_batch.concat([self.state, prefix])
         self._renumber()
+
+    def _choices(self, job, ctx):
+        """A job's choices (OpenAI's `n`), each with the search the agent would build."""
+        room = self.agent.max_positions - len(ctx.ids)
+        max_ts = max(1, min(job.decoding.max_tokens + 1, room))  # the agent's _generate
+        block = []
+        if self.agent.beam_context_block_ngram > 0:
+            block = ctx.dialogue_ids if self.agent.beam_block_full_context else ctx.ids
+        d = job.decoding
+        return [Choice(index=index, search=make_search(self.agent, d, self.device, block),
+                       rows=d.rows_per_choice, max_ts=max_ts, reply_type=ctx.reply_type,
+                       temperature=d.temperature, stop=tuple(d.stop), decode=self.agent._v2t,
+                       eos=self.agent.END_IDX, job=job, logprobs=d.logprobs)
+                for index in range(d.n)]
 
     def _encode(self, contexts):
         pad = self.agent.special.pad
@@ -226,32 +209,36 @@ class Scheduler:
         return prefix
 
     def _step(self):
-        """Pick each row's next token with its own search, then one model call for all."""
+        """Pick each row's next token with its own search, then one model call for all.
+
+        A choice whose search raises fails its job: the job's rows leave the batch before
+        the model call, so the other rows are computed exactly as they would be without it.
+        """
         scores = self.model.output(self.state.last_logits)
-        keep, tokens, types = [], [], []
+        self.stats["row_steps"] += len(scores)
+        failed = {}  # id(job) -> why
         for choice in self.choices:
             job = choice.job
             if job.cancelled:
                 choice.cancel()
-            else:
-                score = scores[choice.offset: choice.offset + choice.rows]
-                if choice.temperature != 1.0:
-                    score = score / choice.temperature
-                score = F.log_softmax(score, dim=-1, dtype=torch.float32)
-                with _rng(job, self.device):
-                    delta = choice.advance(score)
-                if delta:
-                    job.emit("delta", choice.index, delta)
-                if choice.done:
-                    job.emit("end", choice.index, {
-                        "text": choice.text, "finish_reason": choice.finish_reason, "tokens": len(choice.tokens),
-                    })
-                else:
-                    keep += (choice.offset + choice.backtrack()).tolist()
-                    tokens += choice.outputs().tolist()
-                    types += [choice.reply_type] * choice.rows
-            if choice.done:
+            elif id(job) not in failed:
+                try:
+                    self._advance(choice, scores)
+                except Exception as err:
+                    log.warning("a request failed while decoding: %s: %s", type(err).__name__, err)
+                    failed[id(job)] = f"generation failed: {type(err).__name__}: {err}"
+        keep, tokens, types = [], [], []
+        for choice in self.choices:
+            if id(choice.job) in failed:
+                choice.cancel()
+                if choice.job.outcome is None:
+                    self._fail(choice.job, failed[id(choice.job)])
+            elif choice.done:
                 self._close(choice)
+            else:
+                keep += (choice.offset + choice.backtrack()).tolist()
+                tokens += choice.outputs().tolist()
+                types += [choice.reply_type] * choice.rows
         self.choices = [c for c in self.choices if not c.done]
         self._renumber()
         self.stats["steps"] += 1
@@ -263,6 +250,32 @@ class Scheduler:
         ids = torch.tensor(tokens, device=self.device)[:, None]
         _, _, self.state = self.heads.extend(self.state, ids, torch.tensor(types, device=self.device)[:, None])
 
+    def _advance(self, choice, scores):
+        """One step of one choice on its rows' scores; its events go out as they come."""
+        job = choice.job
+        raw = scores[choice.offset: choice.offset + choice.rows]
+        score = raw / choice.temperature if choice.temperature != 1.0 else raw
+        score = F.log_softmax(score, dim=-1, dtype=torch.float32)
+        # one reduction a row: its max is NaN if any score is, -inf if none is finite
+        if not bool(torch.isfinite(score.amax(-1)).all()):
+            raise FloatingPointError("the scores of this request's rows are not finite numbers")
+        # the model's own distribution (temperature 1), before the search edits `score`
+        model_logprobs = None if choice.logprobs is None else F.log_softmax(raw[0], dim=-1, dtype=torch.float32)
+        chosen = len(choice.tokens)
+        with own_rng(job, self.device):
+            delta = choice.advance(score)
+        if len(choice.tokens) > chosen:
+            job.first_token = job.first_token or time.perf_counter()
+            if model_logprobs is not None:
+                choice.record_logprobs(model_logprobs)
+        if delta:
+            job.emit("delta", choice.index, delta, choice.unsent_logprobs())
+        if choice.done:
+            end = {"text": choice.text, "finish_reason": choice.finish_reason, "tokens": len(choice.tokens)}
+            if choice.logprobs is not None:
+                end.update(logprobs=choice.token_logprobs, unsent_logprobs=choice.unsent_logprobs())
+            job.emit("end", choice.index, end)
+
     def _close(self, choice):
         """A choice has ended (its rows leave the batch); its job ends with its last one."""
         job = choice.job
@@ -271,13 +284,12 @@ class Scheduler:
         self.stats["generated_tokens"] += len(choice.tokens)
         if job.open_choices:
             return
-        job.ended = True
         self.running.pop(id(job), None)
         if job.cancelled:
-            self.stats["cancelled"] += 1
             self.stats["cancelled_tokens"] += job.completion_tokens
+            self._end(job, "cancelled")
         else:
-            self.stats["completed"] += 1
+            self._end(job, "completed")  # counted before its reader hears of it
             job.emit("done", {"completion_tokens": job.completion_tokens})
 
     def _renumber(self):
@@ -286,33 +298,18 @@ class Scheduler:
             choice.offset = offset
             offset += choice.rows
 
-    def _fail(self, job, message):
-        self.stats["failed"] += 1
-        job.ended = True
+    def _fail(self, job, message, own=True):
+        """own: the job's own dialogue or settings failed (trying it again cannot help);
+        else the shared model call did."""
         self.running.pop(id(job), None)
-        job.emit("error", message)
+        self._end(job, "failed")
+        job.emit("error", message, own)
 
-
-@contextlib.contextmanager
-def _rng(job, device):
-    """Sample with the job's own RNG when it has a seed (OpenAI's `seed`): ParlAI's
-    samplers draw from torch's global generator, so the job's state is swapped in around
-    its draws. Seeded like `torch.manual_seed(seed)` before the agent's `act`."""
-    if job.decoding.seed is None:
-        yield
-        return
-    cuda = device.type == "cuda"
-    saved = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
-    if job.rng_state is None:
-        torch.manual_seed(job.decoding.seed)
-    else:
-        torch.set_rng_state(job.rng_state[0])
-        if cuda:
-            torch.cuda.set_rng_state(job.rng_state[1], device)
-    try:
-        yield
-    finally:
-        job.rng_state = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
-        torch.set_rng_state(saved[0])
-        if cuda:
-            torch.cuda.set_rng_state(saved[1], device)
+    def _end(self, job, outcome):
+        job.ended, job.outcome, job.finished = True, outcome, time.perf_counter()
+        self.stats[outcome] += 1
+        if self.on_end is not None:
+            try:
+                self.on_end(job)
+            except Exception:  # metrics must never stop decoding
+                log.exception("recording a finished request failed")

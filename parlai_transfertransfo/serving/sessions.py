@@ -2,9 +2,11 @@
 
 A session is reached only through its random id (the page keeps it for its tab), so no
 session can read another's. Memory stays bounded: idle sessions expire after `ttl`
-seconds, at most `max_sessions` live at once (the least recently used one goes first),
-and a session keeps its last MAX_UTTERANCES utterances (the model reads only the
-recipe's window of them anyway).
+seconds, at most `max_sessions` live at once, and a session keeps its last
+MAX_UTTERANCES utterances (the model reads only the recipe's window of them anyway).
+A new session never pushes out one that is in use: when every place is held by a session
+used in the last `ttl` seconds, creating one fails (the app answers 503), so a flood of
+creations cannot evict anyone's conversation (and the app limits creations per client).
 """
 import collections
 import secrets
@@ -48,6 +50,15 @@ class Session:
                 "notes": list(self.notes), "busy": self.busy}
 
 
+class SessionsFull(Exception):
+    """Every place is held by a session used in the last ttl seconds; `retry_after`: the
+    seconds until the least recently used one expires."""
+
+    def __init__(self, message, retry_after):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class SessionStore:
     def __init__(self, ttl=1800.0, max_sessions=1000, clock=time.monotonic):
         self.ttl, self.max_sessions, self.clock = ttl, max_sessions, clock
@@ -60,8 +71,12 @@ class SessionStore:
     def create(self, persona, user_persona, settings) -> Session:
         with self._lock:
             self._expire()
-            while len(self._sessions) >= self.max_sessions:
-                self._sessions.popitem(last=False)
+            if len(self._sessions) >= self.max_sessions:
+                oldest = next(iter(self._sessions.values()))
+                raise SessionsFull(
+                    f"the server holds its most page sessions ({self.max_sessions}, --max-sessions), each used "
+                    f"in the last {self.ttl:g} s (--session-ttl); try again later",
+                    self.ttl - (self.clock() - oldest.last_used))
             session = Session(secrets.token_urlsafe(16), list(persona), list(user_persona), dict(settings),
                               last_used=self.clock())
             self._sessions[session.id] = session

@@ -15,7 +15,7 @@ from parlai_transfertransfo.plugin.compat.core_agents import (
     fix_missing_model_file_message, model_files_that_name_no_agent,
 )
 from parlai_transfertransfo.plugin.compat.crowdsourcing_mturk import fix_parlai_mturk_config_source
-from parlai_transfertransfo.plugin.compat.distributed import fix_distributed_on_cpu
+from parlai_transfertransfo.plugin.compat.distributed import fix_distributed, fix_distributed_on_cpu, fix_slurm_launch
 from parlai_transfertransfo.plugin.compat.fsdp import fix_join_device_on_cpu
 from parlai_transfertransfo.plugin.compat.logs import fix_tensorboard_logger
 from parlai_transfertransfo.plugin.compat.lr_scheduler import fix_reduce_on_plateau
@@ -28,12 +28,15 @@ from parlai_transfertransfo.plugin.compat.multiprocessing_train import fix_mp_tr
 from parlai_transfertransfo.plugin.compat.opt import safe_opt_files
 from parlai_transfertransfo.plugin.compat.self_chat import fix_self_chat_script
 from parlai_transfertransfo.plugin.compat.torch_generator_agent import fix_ddp_on_cpu
-from parlai_transfertransfo.plugin.compat.train_model import atomic_resumable_train_loop
+from parlai_transfertransfo.plugin.compat.teachers import shard_training_data_by_rank
+from parlai_transfertransfo.plugin.compat.train_model import (
+    atomic_resumable_train_loop, count_epochs_over_sharded_data, fix_train_model,
+)
 
 PATCHES = {
     # ParlAI on torch 2.13 and CPU-only machines
     "parlai.nn.lr_scheduler": fix_reduce_on_plateau,
-    "parlai.utils.distributed": fix_distributed_on_cpu,
+    "parlai.utils.distributed": fix_distributed,  # fix_distributed_on_cpu + fix_slurm_launch
     "parlai.scripts.multiprocessing_train": fix_mp_train_default_world_size,
     "parlai.core.torch_generator_agent": fix_ddp_on_cpu,
     "parlai.utils.fsdp": fix_join_device_on_cpu,
@@ -43,7 +46,9 @@ PATCHES = {
     "parlai.core.logs": fix_tensorboard_logger,
     # trust: safe loading and resumable training (weights/safe_load.py, agent/checkpointing.py)
     "parlai.core.opt": safe_opt_files,
-    "parlai.scripts.train_model": atomic_resumable_train_loop,
+    "parlai.scripts.train_model": fix_train_model,  # + count_epochs_over_sharded_data
+    # distributed training: each rank its own part of the data (distributed/)
+    "parlai.core.teachers": shard_training_data_by_rank,
     # crowdsourcing: Mephisto 1.1.1 offline, several runs on one machine (crowdsourcing/)
     "mephisto.operations.config_handler": fix_mephisto_config_at_import,
     "mephisto.utils.dirs": fix_mephisto_data_dir_prompt,
@@ -60,6 +65,7 @@ SOURCE_PATCHES = {  # Python 3.11 rejects their dataclasses' mutable defaults at
     "parlai.crowdsourcing.utils.mturk": fix_parlai_mturk_config_source,
 }
 
-__all__ = ["PATCHES", "SOURCE_PATCHES", "fix_missing_model_file_message"] + [
+__all__ = ["PATCHES", "SOURCE_PATCHES", "fix_missing_model_file_message", "fix_distributed_on_cpu", "fix_slurm_launch",
+           "atomic_resumable_train_loop", "count_epochs_over_sharded_data"] + [
     patch.__name__ for patch in (*PATCHES.values(), *SOURCE_PATCHES.values())
 ]
