@@ -81,7 +81,10 @@ def check_background_workers(opt):
 
 
 def training(opt):
-    """Whether this agent trains (ParlAI's datatype: train, not train:evalmode)."""
+    """Whether this agent trains, as ParlAI decides whether to build an optimizer: a train
+    datatype (not train:evalmode), not in interactive mode (interactive, the server)."""
+    if opt.get("interactive_mode"):
+        return False
     datatype = opt.get("datatype") or ""
     return datatype.startswith("train") and "evalmode" not in datatype
 

@@ -7,9 +7,9 @@ the roofline). Fewer bytes per weight, or a faster matmul, is the lever:
 - fp32: the weights as trained; bit for bit the recipe's numbers.
 - bf16: the weights cast to bfloat16 (half the bytes). Fast only where the CPU multiplies
   bf16 itself (AVX512-BF16 or AMX); elsewhere torch emulates it, several times slower than fp32.
-- int8: every linear layer of the backbone, its LM head included, in int8 per output
-  channel (a quarter of the bytes), each call's input quantized on the fly: torch's own
-  x86 kernels (fbgemm's dynamic quantized linear, `int8_linear.py`); VNNI makes them fast.
+- int8: every linear layer of the backbone, its LM head included, with int8 weights per
+  output channel (a quarter of the bytes), activations in floating point: torch's own
+  weight-only int8 kernel for decoding steps (`int8_linear.py`).
 - auto: bf16 where the CPU has AVX512-BF16 or AMX, else fp32 (int8 changes hits@1 and F1
   on the dev dialogs more than the 0.5 point a default may: docs/evaluation.md).
 
@@ -78,8 +78,6 @@ def slow_warning(mode: str, capability: Capability) -> str | None:
     if mode == "bf16" and not capability.native_bf16:
         return ("--cpu-dtype bf16 on a CPU without AVX512-BF16 or AMX: torch emulates bfloat16 "
                 "matmuls, several times slower than fp32 (the numbers are those of bf16)")
-    if mode == "int8" and not capability.vnni:
-        return "--cpu-dtype int8 on a CPU without VNNI: its int8 matmuls may be slower than fp32"
     return None
 
 
@@ -91,7 +89,6 @@ def convert(double_heads, mode: str, capability: Capability | None = None):
         double_heads.lm.to(torch.bfloat16)
         return double_heads
     if mode == "int8":
-        capability = capability or detect()
-        int8_linear.quantize(double_heads.lm, reduce_range=not capability.vnni)
+        int8_linear.quantize(double_heads.lm)
         return double_heads
     raise TransfertransfoError(f"--cpu-dtype {mode}: choose one of {', '.join(MODES)}")
