@@ -34,6 +34,8 @@ def apply(agent):
         )
     warning = cpu_dtype.slow_warning(mode, capability)
     line = warning or f"--cpu-dtype {asked}: {mode} weights for inference (CPU: {capability.describe()})"
+    if asked == "auto" and capability.native_bf16:
+        line += "; --cpu-dtype bf16 or int8 decodes faster (docs/evaluation.md gives their scores)"
     if line not in _printed:
         _printed.add(line)
         (logging.warning if warning else logging.info)(line)

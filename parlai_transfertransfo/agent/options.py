@@ -36,9 +36,10 @@ def add_cmdline_args(parser):
                        "AVX512-BF16 or AMX, mixed precision on GPUs (not with --fp16)")
     group.add_argument("--cpu-dtype", type=str, default="auto",
                        help="weights for inference on a CPU: " + ", ".join(cpu_dtype.MODES) + "; auto: "
-                       "bf16 where the CPU has AVX512-BF16 or AMX, else fp32 (printed once); int8: "
-                       "linear layers in int8, fastest without bf16 hardware (docs/evaluation.md "
-                       "gives each mode's hits@1, F1 and ppl); training always runs fp32 weights")
+                       "fp32 for now (printed once); bf16: half the bytes, fast where the CPU has "
+                       "AVX512-BF16 or AMX; int8: int8 weights in every linear layer, a quarter of "
+                       "the bytes (docs/evaluation.md gives each mode's hits@1, F1 and ppl); "
+                       "training always runs fp32 weights")
     group.add_argument("--persona", type=str, default=None,
                        help="chat persona when the conversation has none: sentences "
                        "separated by '|', or 'random' (a training persona)")

@@ -26,7 +26,7 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight, bias=None):
         super().__init__()
-        weight = weight.detach().float()
+        weight = weight.detach().float().contiguous()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         scales = (weight.abs().amax(1) / 127).clamp(min=1e-12)
         self.register_buffer("qweight", torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8))
