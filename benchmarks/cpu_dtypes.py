@@ -5,9 +5,14 @@ A mode may be the default only if hits@1 and F1 each drop by at most 0.5 points 
 (issue 27). Each mode's run is `tools/dev_outputs.py dump` (the `convai2_file` teacher,
 `--valid-split 100 -dt valid`, greedy replies), kept in the workdir, so an interrupted run
 resumes with the modes it lacks.
+
+    .venv/bin/python -m benchmarks.cpu_dtypes [-mf zoo:transfertransfo/smollm2_135m/model] [-n 777]
 """
+import argparse
 import json
 import os
+import sys
+import tempfile
 
 from parlai_transfertransfo.tools import dev_outputs
 
@@ -55,3 +60,25 @@ def table(rows):
                    f"{r['ppl']:.3f} | {r['same_replies']}/{r['examples']} | {r['same_top']}/{r['examples']} | "
                    f"{r['max_score_diff']:.2e} | {ok} |")
     return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cpu_dtypes", description=__doc__.splitlines()[0])
+    p.add_argument("-mf", "--model-file", default="zoo:transfertransfo/smollm2_135m/model")
+    p.add_argument("--datapath", default=os.path.join(tempfile.gettempdir(), "transfertransfo-bench", "data"))
+    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "transfertransfo-bench", "cpu_dtypes"))
+    p.add_argument("-n", "--num-examples", type=int, default=-1, help="-1: all 777 examples of the 100 dialogs")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    import torch
+    from parlai.core.build_data import modelzoo_path
+
+    torch.set_num_threads(args.threads)
+    model_file = modelzoo_path(args.datapath, args.model_file)
+    rows = run(model_file, args.datapath, args.workdir, num_examples=args.num_examples)
+    print("\n".join(table(rows)))
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
