@@ -34,6 +34,17 @@ if [[ " ${EXTRAS[*]-} " == *" test "* ]]; then  # test takes the rest, never pee
   EXTRAS=(serve crowd tensorboard test ${PEER:+peer})
 fi
 
+# The peer extra compiles llama.cpp: without the tools, say so before anything is installed.
+if [[ " ${EXTRAS[*]-} " == *" peer "* ]]; then
+  missing=()
+  for tool in cc c++ cmake; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  command -v make >/dev/null || command -v ninja >/dev/null || missing+=("make")
+  if ((${#missing[@]})); then
+    say "the peer extra compiles llama.cpp and this machine has no ${missing[*]} (Debian: apt-get install build-essential cmake)"
+    exit 1
+  fi
+fi
+
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 stamp_of() { cat setup.py constraints.txt install.sh "$@" 2>/dev/null | sha1sum | cut -c1-16; }
 
@@ -109,13 +120,6 @@ peer_cmake_flags() {
   echo "${TRANSFERTRANSFO_PEER_CMAKE:-$flags}"
 }
 install_peer() {
-  local missing=() tool
-  for tool in cc c++ cmake; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-  command -v make >/dev/null || command -v ninja >/dev/null || missing+=("make")
-  if ((${#missing[@]})); then
-    say "the peer extra compiles llama.cpp and this machine has no ${missing[*]} (Debian: apt-get install build-essential cmake)"
-    exit 1
-  fi
   local flags jobs dir="$VENV/peer"
   flags=$(peer_cmake_flags)
   jobs=$(nproc 2>/dev/null || echo 2)
