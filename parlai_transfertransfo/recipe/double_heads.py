@@ -84,8 +84,9 @@ class DoubleHeads(nn.Module):
 
     def _mc_logits(self, hidden, index):
         """MC logit from hidden [..., T, H] at positions index [...] -> [...]."""
-        if self.mc_head is None:
-            return self.lm.multiple_choice_head(hidden, index).squeeze(-1)
+        if self.mc_head is None:  # GPT's own head; bf16 weights (--cpu-dtype) give float32 scores
+            logits = self.lm.multiple_choice_head(hidden, index).squeeze(-1)
+            return logits if self.lm.dtype == torch.float32 else logits.float()
         gather = index[..., None, None].expand(*index.shape, 1, hidden.size(-1))
         picked = hidden.gather(-2, gather).squeeze(-2)
         return self.mc_head(picked.to(self.mc_head.weight.dtype)).squeeze(-1)  # fp32 head of bf16 weights
