@@ -3,7 +3,10 @@
     .venv/bin/python -m benchmarks [--model gpt2-small|smollm2-135m|all] [--reps 3]
         [--only P1,P2,P3,P5,P6,P6b,P7,P8,P9] [--device cpu|cuda] [--threads 1] [--interactive-model-file MF]
         [--p2-examples 16] [--eval-model-file MF] [--p7-examples 512] [--p7-skip-generation]
-        [--self-chat-model-file MF] [--p9-profile]
+        [--self-chat-model-file MF] [--p9-profile] [--cpu-dtypes fp32,bf16,int8] [--peer]
+
+On a CPU the machine's limits come first (benchmarks/roofline.py), and P1, P3, P6 and P7
+each get a row against the floor that bounds them.
 
 Each pair runs side by side in this one process, interleaved, after a check that both
 sides compute the same thing (same greedy tokens; ranking scores and losses to 1e-4).
