@@ -92,10 +92,11 @@ class DoubleHeads(nn.Module):
         return self.mc_head(picked.to(self.mc_head.weight.dtype)).squeeze(-1)  # fp32 head of bf16 weights
 
     def _lm_logits(self, hidden):
-        """Float32 logits whatever the weights' format (--cpu-dtype bf16): searches and
-        losses compare log-probabilities that bf16 would round to 3 significant digits."""
+        """Float32 logits from bf16 weights (--cpu-dtype bf16): searches and losses compare
+        log-probabilities that bf16 would round to 3 significant digits. fp32 weights, under
+        --bf16's autocast too, give what they always gave."""
         logits = self.lm.get_output_embeddings()(hidden)
-        return logits if logits.dtype == torch.float32 else logits.float()
+        return logits if self.lm.dtype == torch.float32 else logits.float()
 
     # --- training: whole sequences -------------------------------------------------------
     def forward(self, input_ids, token_type_ids=None, mc_token_ids=None, attention_mask=None):
