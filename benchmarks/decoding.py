@@ -69,11 +69,20 @@ def raw_cached_loop(heads, prefix_ids, prefix_types, reply_type, special, device
     return out
 
 
-def run(model, workdir, device, reps, dialogs, context_tokens=200):
-    from benchmarks.common import context_near
+def agent_side(mode):
+    return "agent observe+act" + ("" if mode == "fp32" else f", --cpu-dtype {mode}")
 
-    agent = make_agent(model, workdir, device, "--inference", "greedy", "--skip-generation", "false",
-                       "--beam-min-length", STEPS, "--label-truncate", STEPS, "--max-history", 4)
+
+def run(model, workdir, device, reps, dialogs, context_tokens=200, modes=("fp32",), peer_threads=None):
+    """modes: the agent's --cpu-dtype sides (fp32 always; the others' greedy tokens are
+    counted against fp32's, not required equal). peer_threads: add llama.cpp on the same
+    GGUF (benchmarks/peer.py, SmolLM2 only) on that many threads."""
+    from benchmarks.common import context_near
+    from benchmarks.roofline import model_sizes
+
+    args = ["--inference", "greedy", "--skip-generation", "false", "--beam-min-length", STEPS,
+            "--label-truncate", STEPS, "--max-history", 4, "--interactive-mode", "true"]
+    agent = make_agent(model, workdir, device, *args, "--cpu-dtype", "fp32")
     agent.model.eval()
     heads, special = double_heads(agent), agent.special
     dialog, turn, length = context_near(agent, dialogs, context_tokens)
@@ -83,7 +92,7 @@ def run(model, workdir, device, reps, dialogs, context_tokens=200):
     persona, history = obs["tt_persona"], obs["tt_history"]
     prefix_ids, prefix_types = obs["text_vec"].tolist(), obs["text_types"].tolist()
 
-    def agent_reply():
+    def agent_reply(agent=agent):
         agent.reset()
         agent.observe(dict(chat))
         return agent.act()["text"]
@@ -96,10 +105,24 @@ def run(model, workdir, device, reps, dialogs, context_tokens=200):
     if slow != fast or text != agent._v2t(fast):
         raise AssertionError(f"P1 {model}: loops disagree\n{slow}\n{fast}\n{text!r}")
 
-    times = interleaved({
+    sides = {
         "no-cache loop (interact.py)": lambda: no_cache_loop(heads, persona, history, special, device),
         "raw cached loop (transformers)": lambda: raw_cached_loop(
             heads, prefix_ids, prefix_types, obs["reply_type"], special, device),
         "agent observe+act": agent_reply,
-    }, reps, device)
-    return {"context_tokens": length, "times": times}
+    }
+    sizes, same = {"fp32": model_sizes(heads.lm)}, {}
+    reference = agent.dict.txt2vec(text)
+    for mode in modes:
+        if mode == "fp32" or device != "cpu":
+            continue
+        other = make_agent(model, workdir, device, *args, "--cpu-dtype", mode)
+        sizes[mode] = model_sizes(double_heads(other).lm)
+        tokens = other.dict.txt2vec(agent_reply(other))
+        same[mode] = (sum(a == b for a, b in zip(tokens, reference)), len(reference))
+        sides[agent_side(mode)] = lambda other=other: agent_reply(other)
+    if peer_threads:
+        from benchmarks import peer
+        sides[peer.SIDE] = peer.Reply(prefix_ids + [special.speaker1], peer_threads, STEPS)
+    times = interleaved(sides, reps, device)
+    return {"context_tokens": length, "times": times, "sizes": sizes, "same_tokens": same}

@@ -88,5 +88,10 @@ def run(model_file, datapath, device, dialogs, n_examples=512, batch_size=16, sk
             seconds[side] += time.perf_counter() - start
     agent.opt["bf16"] = False
     per_s = {side: len(msgs) / s for side, s in seconds.items()}
-    return {"examples": len(msgs), "seconds": seconds, "examples_per_s": per_s,
+    from benchmarks.roofline import model_sizes
+
+    contexts = sum(len(observed(agent, m)["text_vec"]) for m in msgs)  # each candidate + its speaker and <eos>
+    candidates = sum(len(agent.dict.txt2vec(c)) + 2 for m in msgs for c in m["label_candidates"])
+    return {"examples": len(msgs), "seconds": seconds, "examples_per_s": per_s, "batch_size": batch_size,
+            "sizes": model_sizes(double_heads(agent).lm), "tokens_per_example": (contexts + candidates) / len(msgs),
             "projected_hours": {side: OFFICIAL_VALID_EXAMPLES / v / 3600 for side, v in per_s.items()}}

@@ -3,7 +3,10 @@
     .venv/bin/python -m benchmarks [--model gpt2-small|smollm2-135m|all] [--reps 3]
         [--only P1,P2,P3,P5,P6,P6b,P7,P8,P9] [--device cpu|cuda] [--threads 1] [--interactive-model-file MF]
         [--p2-examples 16] [--eval-model-file MF] [--p7-examples 512] [--p7-skip-generation]
-        [--self-chat-model-file MF] [--p9-profile]
+        [--self-chat-model-file MF] [--p9-profile] [--cpu-dtypes fp32,bf16,int8] [--peer]
+
+On a CPU the machine's limits come first (benchmarks/roofline.py), and P1, P3, P6 and P7
+each get a row against the floor that bounds them.
 
 Each pair runs side by side in this one process, interleaved, after a check that both
 sides compute the same thing (same greedy tokens; ranking scores and losses to 1e-4).
@@ -71,6 +74,12 @@ def parse(argv):
     p.add_argument("--self-chat-model-file", default="zoo:transfertransfo/smollm2_135m/model",
                    help="P8: model file or zoo path for 8 self-chats at -bs 1 and -bs 8")
     p.add_argument("--p9-profile", action="store_true", help="P9: print the host side's top functions")
+    p.add_argument("--cpu-dtypes", default="fp32,bf16,int8",
+                   help="P1 on a CPU: the agent's --cpu-dtype sides (fp32 always)")
+    p.add_argument("--peer", action="store_true",
+                   help="P1: add llama.cpp on the same GGUF (smollm2-135m; ./install.sh peer)")
+    p.add_argument("--roofline", default="full", choices=["full", "quick"],
+                   help="the machine's limits, measured first (quick: tiny sizes, for the tests)")
     return p.parse_args(argv)
 
 
@@ -129,9 +138,15 @@ def main(argv=None):
     dialogs = common.convai2_dialogs()
     batch = args.train_batch_size or (32 if args.device == "cuda" else 4)
     rows, notes = [], []
+    machine = None
+    if args.device == "cpu":
+        from benchmarks import roofline
+        machine = roofline.measure(quick=args.roofline == "quick")
+        notes += machine.lines()
+        print(machine.lines()[0], f"(load average {os.getloadavg()[0]:.2f})", flush=True)
 
-    def report(bench, model, result):
-        new = rows_for(bench, model, result, args.device)
+    def report(bench, model, result, extra=()):
+        new = rows_for(bench, model, result, args.device) + list(extra)
         rows.extend(new)
         for r in new:  # as we go: a long run shows progress
             print(" | ".join(r), flush=True)
@@ -139,9 +154,19 @@ def main(argv=None):
     for model in models:
         if "P1" in only:
             from benchmarks import decoding
-            r = decoding.run(model, args.workdir, args.device, args.reps, dialogs)
-            notes.append(f"P1 {model}: {r['context_tokens']}-token context, greedy, 20 tokens; same tokens on all sides")
-            report("P1", model, r)
+            r = decoding.run(model, args.workdir, args.device, args.reps, dialogs,
+                             modes=args.cpu_dtypes.split(","), peer_threads=args.threads if args.peer else None)
+            notes.append(f"P1 {model}: {r['context_tokens']}-token context, greedy, 20 tokens; same tokens on the fp32 "
+                         "sides; " + "".join(f"--cpu-dtype {m}: {a} of {b} tokens equal fp32's; "
+                                             for m, (a, b) in r["same_tokens"].items()))
+            peer_rows = []
+            if args.peer:
+                from benchmarks import decoding as d, peer
+                for mode in r["sizes"]:
+                    ratio = common.median(r["times"][d.agent_side(mode)]) / common.median(r["times"][peer.SIDE])
+                    peer_rows.append(("P1", model, f"ratio {d.agent_side(mode)} / {peer.SIDE}", f"{ratio:.2f}x",
+                                      "<= 0.5x", "ok" if ratio <= 0.5 else "MISSED"))
+            report("P1", model, r, peer_rows + (roofline.p1_rows(machine, model, r, common.median) if machine else []))
         if "P2" in only:
             from benchmarks import ranking
             r = ranking.run_real(model, args.workdir, args.device, args.reps, dialogs, args.p2_examples)
@@ -163,7 +188,8 @@ def main(argv=None):
                 r = training.run(model, args.workdir, args.device, args.reps, dialogs, batch, dtype, args.peak_tflops)
                 notes.append(f"P3 {model} {dtype}: batch {batch} x 2 candidates, "
                              f"{r['tokens_per_step'][1]} tokens in the first timed step, {r['params'] / 1e6:.0f}M parameters")
-                report("P3", f"{model} {dtype}", r)
+                report("P3", f"{model} {dtype}", r,
+                       roofline.p3_rows(machine, model, dtype, r, "agent train_step") if machine else ())
         if "P6" in only:
             from benchmarks import serving
             for turn, name in serving.TURNS:
@@ -174,7 +200,8 @@ def main(argv=None):
                              f"(~{r['context_tokens']}-token contexts), greedy, 20 tokens each; same replies "
                              "on all sides; CPU seconds of this process (medians): "
                              + ", ".join(f"{k} {common.median(v):.1f} s" for k, v in r["cpu"].items()))
-                report("P6", f"{model}, {name}", r)
+                report("P6", f"{model}, {name}", r,
+                       roofline.p6_rows(machine, f"{model}, {name}", r, common.median, serving.SIDES[:2]) if machine else ())
         if "P6B" in only:
             from benchmarks import serving
             for turn, name in serving.TURNS:
@@ -208,6 +235,9 @@ def main(argv=None):
         for side, per_s in r["examples_per_s"].items():
             row = ("P7", name, side, f"{per_s:.3f} examples/s",
                    f"{r['projected_hours'][side]:.2f} h for 7801 examples", "")
+            rows.append(row)
+            print(" | ".join(row), flush=True)
+        for row in (roofline.p7_rows(machine, name, r, evaluation.SIDES) if machine else ()):
             rows.append(row)
             print(" | ".join(row), flush=True)
         ratio = r["examples_per_s"][evaluation.PACKED] / r["examples_per_s"][evaluation.PREVIOUS]

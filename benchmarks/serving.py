@@ -26,6 +26,7 @@ import statistics
 import time
 
 from benchmarks.common import make_agent
+from benchmarks.roofline import model_sizes
 from parlai_transfertransfo.recipe import segments
 from parlai_transfertransfo.serving.decoding import defaults_from_opt
 from parlai_transfertransfo.serving.scheduler import Job, Scheduler
@@ -135,6 +136,7 @@ def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2, sides=SIDE
         "latency": {name: (_percentile(ls, 50), _percentile(ls, 95)) for name, ls in latencies.items()},
         "context_tokens": round(context), "sessions": n_sessions, "turn": turn,
         "poisoned_failed": scheduler.stats["failed"] - failed,  # in the timed repetitions
+        "sizes": model_sizes(agent.model.double_heads.lm),
     }
 
 

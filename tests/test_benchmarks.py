@@ -4,6 +4,8 @@ times them, and a pair that disagrees stops with an error, never a ratio.
 `python -m benchmarks` runs here on the tiny random GPT-2 standing in for gpt2-small (its
 124M weights would take minutes on these CPUs); the code paths are those of a real run.
 """
+import re
+
 import pytest
 import torch
 
@@ -44,7 +46,7 @@ class Bench:
         self.monkeypatch.setattr(module, "interleaved", timing)
         try:
             run.main(["--model", "gpt2-small", "--only", name, "--reps", "1", "--train-batch-size", "2",
-                      "--workdir", str(self.workdir)])
+                      "--workdir", str(self.workdir), "--roofline", "quick"])
         finally:
             self.out = self.capsys.readouterr().out
 
@@ -63,6 +65,29 @@ def test_each_benchmark_checks_its_sides_agree_before_timing_them(name, bench):
     for table in tables:
         assert f"| {table} | gpt2-small" in bench.out
     assert "| ratio " in bench.out
+    assert "roofline: fp32 GEMM " in bench.out.splitlines()[0]  # the machine, measured first
+    if name in ("P1", "P3"):  # each figure against the limit that bounds it
+        shares = re.findall(rf"\| {name} \| [^|]+ \| roofline: [^|]+ \| (\d+)%", bench.out)
+        assert len(shares) == (3 if name == "P1" else 2) and all(int(s) > 0 for s in shares), bench.out
+
+
+def test_the_roofline_arithmetic_of_docs_benchmarks():
+    """The issue's machine (fp32 205 GFLOP/s, bf16 1.96 TFLOP/s, 25 GB/s) and a 135M model:
+    a 201-token prefill of 54 GFLOP is 28 ms at the bf16 peak, a decoding step reads the
+    weights (540 MB fp32: 22 ms; 270 MB bf16: 11 ms), so 20 tokens' floor is ~0.25 s in bf16;
+    training in bf16 at 631 tok/s is 26% of the peak."""
+    from benchmarks import roofline
+    from parlai_transfertransfo.recipe import cpu_dtype
+
+    m = roofline.Machine(205e9, 1.96e12, 25e9, cpu_dtype.Capability(True, True, True))
+    n = 135e6
+    assert roofline.phase(m, "bf16", flops=2 * n * 201) == pytest.approx(0.0277, rel=0.01)
+    assert roofline.phase(m, "fp32", flops=2 * n, nbytes=4 * n) == pytest.approx(0.0216)
+    assert roofline.reply_floor(m, "bf16", n, 2 * n, 200) == pytest.approx(0.0276 + 20 * 0.0108, rel=0.01)
+    # 16 rows a step: the weights once, the FLOPs 16 times (fp32: 21 ms of compute, 22 of reads)
+    assert roofline.reply_floor(m, "fp32", n, 4 * n, 100, rows=16) == pytest.approx(
+        2 * n * 1600 / 205e9 + 20 * 0.0216, rel=0.01)
+    assert roofline.training_fraction(m, "bf16", n, 631) == pytest.approx(0.26, abs=0.005)
 
 
 @pytest.mark.parametrize("name", ["P1", "P2", "P3"])
@@ -79,7 +104,7 @@ def test_p6b_times_a_poisoned_request_that_fails_alone(bench):
     import concurrent.futures
 
     args = ["--model", "gpt2-small", "--only", "P6b", "--reps", "1", "--p6-messages", "opening",
-            "--workdir", str(bench.workdir)]
+            "--workdir", str(bench.workdir), "--roofline", "quick"]
     # a thread of its own: P6b runs asyncio, which a browser test's loop in this thread refuses
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(run.main, args).result()

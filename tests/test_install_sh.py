@@ -116,3 +116,19 @@ def test_a_fresh_venv_is_stamped_then_kept_then_rebuilt_when_broken(install, tmp
     assert err.strip().splitlines()[0].startswith(f"install.sh: {venv} is broken (")
     assert not (venv / "marker").exists() and (venv / "bin" / "python").exists()
     assert list(stamps(venv)) == [".installed-core"]
+
+
+def test_the_peer_extra_without_a_compiler_names_what_is_missing_in_one_line(install, tmp_path):
+    """`./install.sh peer` builds llama.cpp: on a machine with no C/C++ compiler, cmake or
+    make it stops before anything is installed, with one line naming them."""
+    missing = {"cc", "c++", "gcc", "g++", "cmake", "make", "ninja"}
+    tools = tmp_path / "bin"  # this machine's commands, but the compilers and build tools
+    tools.mkdir()
+    for folder in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            if name not in missing and not (tools / name).exists():
+                (tools / name).symlink_to(os.path.join(folder, name))
+    status, err, calls = install("peer", PATH=str(tools))
+    assert status == 1 and not any("install" in c for c in calls), (err, calls)
+    lines = [line for line in err.splitlines() if "peer" in line]
+    assert len(lines) == 1 and "has no cc c++ cmake make" in lines[0], err

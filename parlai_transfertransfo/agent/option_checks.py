@@ -6,6 +6,7 @@ quietly train or chat on something else than asked. Where a value could mean two
 it is refused with what is allowed, rather than guessed.
 """
 from parlai_transfertransfo.errors import TransfertransfoError
+from parlai_transfertransfo.recipe import cpu_dtype
 
 # option -> (lowest allowed, how to say it); None values are ParlAI's "not set"
 AT_LEAST = {
@@ -49,6 +50,7 @@ def validate(opt):
         if value is not None and not value > 0:
             hint = " (for the most likely reply use --inference greedy)" if name == "temperature" else ""
             raise TransfertransfoError(f"{_flag(name)} {value} is out of range: it must be above 0{hint}")
+    _check_cpu_dtype(opt)
     official = opt.get("official_ppl")
     if official is not None and official not in OFFICIAL_PPL:
         raise TransfertransfoError(f"--official-ppl {official}: choose {' or '.join(OFFICIAL_PPL)}")
@@ -76,6 +78,24 @@ def check_background_workers(opt):
                 f"--num-workers {workers} batches by length in worker processes and needs a context cap: "
                 "add --text-truncate N (e.g. 512, or the model's positions)"
             )
+
+
+def training(opt):
+    """Whether this agent trains, as ParlAI decides whether to build an optimizer: a train
+    datatype (not train:evalmode), not in interactive mode (interactive, the server)."""
+    if opt.get("interactive_mode"):
+        return False
+    datatype = opt.get("datatype") or ""
+    return datatype.startswith("train") and "evalmode" not in datatype
+
+
+def _check_cpu_dtype(opt):
+    asked = opt.get("cpu_dtype")
+    if asked is None:
+        return
+    cpu_dtype.resolve(asked, None, training(opt))  # an unknown mode, or bf16/int8 to train
+    if asked == "int8" and opt.get("bf16"):
+        raise TransfertransfoError("--cpu-dtype int8 runs its matmuls in int8 and float32: drop --bf16 true")
 
 
 def check_lora_rank(opt, config):

@@ -1,6 +1,6 @@
 """The agent's command-line options: one `TransferTransfo` group, and the recipe's defaults
 for ParlAI's own options (its learning rate, AdamW, nucleus sampling with p 0.9, T 0.7)."""
-from parlai_transfertransfo.recipe import persona_cache
+from parlai_transfertransfo.recipe import cpu_dtype, persona_cache
 from parlai_transfertransfo.weights import lora, safe_load
 
 
@@ -34,6 +34,12 @@ def add_cmdline_args(parser):
                        help="run the model under torch.autocast(bfloat16), weights and "
                        "optimizer in float32: ~1.5x faster training on CPUs with "
                        "AVX512-BF16 or AMX, mixed precision on GPUs (not with --fp16)")
+    group.add_argument("--cpu-dtype", type=str, default="auto",
+                       help="weights for inference on a CPU: " + ", ".join(cpu_dtype.MODES) + "; auto: "
+                       "fp32 for now (printed once); bf16: half the bytes, fast where the CPU has "
+                       "AVX512-BF16 or AMX; int8: int8 weights in every linear layer, a quarter of "
+                       "the bytes (docs/evaluation.md gives each mode's hits@1, F1 and ppl); "
+                       "training always runs fp32 weights")
     group.add_argument("--persona", type=str, default=None,
                        help="chat persona when the conversation has none: sentences "
                        "separated by '|', or 'random' (a training persona)")

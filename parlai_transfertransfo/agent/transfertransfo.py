@@ -14,7 +14,7 @@ import torch
 from parlai.core.torch_generator_agent import TorchGeneratorAgent
 
 from parlai_transfertransfo.agent import (
-    checkpointing, instances, losses, next_word, nucleus, option_checks, options, ranking,
+    checkpointing, cpu_inference, instances, losses, next_word, nucleus, option_checks, options, ranking,
 )
 from parlai_transfertransfo.agent.dictionary import TransfertransfoDictionaryAgent
 from parlai_transfertransfo.agent.history import RecipeHistory
@@ -49,6 +49,8 @@ class TransfertransfoAgent(TorchGeneratorAgent):
             option_checks.validate(opt)
             safe_load.require_dictionary(opt)
         super().__init__(opt, shared)
+        if not shared:  # the weights are loaded: put them in --cpu-dtype's format, once
+            cpu_inference.apply(self)
         self.special = self.dict.special
         self.reply_max_tokens = opt.get("label_truncate") or 20
         if opt.get("persona"):

@@ -84,13 +84,19 @@ class DoubleHeads(nn.Module):
 
     def _mc_logits(self, hidden, index):
         """MC logit from hidden [..., T, H] at positions index [...] -> [...]."""
-        if self.mc_head is None:
-            return self.lm.multiple_choice_head(hidden, index).squeeze(-1)
+        if self.mc_head is None:  # GPT's own head; bf16 weights (--cpu-dtype) give float32 scores
+            logits = self.lm.multiple_choice_head(hidden, index).squeeze(-1)
+            return logits if self.lm.dtype == torch.float32 else logits.float()
         gather = index[..., None, None].expand(*index.shape, 1, hidden.size(-1))
-        return self.mc_head(hidden.gather(-2, gather).squeeze(-2)).squeeze(-1)
+        picked = hidden.gather(-2, gather).squeeze(-2)
+        return self.mc_head(picked.to(self.mc_head.weight.dtype)).squeeze(-1)  # fp32 head of bf16 weights
 
     def _lm_logits(self, hidden):
-        return self.lm.get_output_embeddings()(hidden)
+        """Float32 logits from bf16 weights (--cpu-dtype bf16): searches and losses compare
+        log-probabilities that bf16 would round to 3 significant digits. fp32 weights, under
+        --bf16's autocast too, give what they always gave."""
+        logits = self.lm.get_output_embeddings()(hidden)
+        return logits if self.lm.dtype == torch.float32 else logits.float()
 
     # --- training: whole sequences -------------------------------------------------------
     def forward(self, input_ids, token_type_ids=None, mc_token_ids=None, attention_mask=None):

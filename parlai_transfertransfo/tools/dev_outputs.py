@@ -18,8 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DIALOGS = os.path.join(REPO, "tests", "data", "convai2", "valid_self_original_800.txt")
 
 
-def dump(model_file, datapath, dialogs=DIALOGS, num_examples=-1, batchsize=8, generate=True):
-    """{"examples": [...], "report": {...}} of `model_file` on the dev examples."""
+def dump(model_file, datapath, dialogs=DIALOGS, num_examples=-1, batchsize=8, generate=True, extra=()):
+    """{"examples": [...], "report": {...}} of `model_file` on the dev examples; `extra`: more
+    eval_model arguments (e.g. `--cpu-dtype int8`)."""
     from parlai.core.agents import create_agent
     from parlai.core.metrics import Metric
     from parlai.core.params import ParlaiParser
@@ -28,7 +29,7 @@ def dump(model_file, datapath, dialogs=DIALOGS, num_examples=-1, batchsize=8, ge
     opt = ParlaiParser(True, True).parse_args([
         "-t", "convai2_file", "--convai2-file", dialogs, "--valid-split", "100", "-dt", "valid",
         "-mf", model_file, "--datapath", datapath, "-bs", str(batchsize), "--no-cuda",
-        "--inference", "greedy", "--skip-generation", "false" if generate else "true",
+        "--inference", "greedy", "--skip-generation", "false" if generate else "true", *map(str, extra),
     ])
     world = create_task(opt, create_agent(opt, requireModelExists=True))
     scored = []  # per batch: the candidates' scores of each valid example
