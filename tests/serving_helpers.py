@@ -4,6 +4,8 @@ The model is a random GPT-2 (2 layers, 32 dims) with GPT-2's real tokenizer and 
 positions, saved as a ParlAI model file the way training saves one: `parlai
 serve_transfertransfo -mf` loads it like any fine-tuned model.
 """
+import asyncio
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -206,3 +208,10 @@ def readme_screenshot(url, path, messages=("hi! how are you today?", "what do yo
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     readme_screenshot(sys.argv[1], sys.argv[2])
+
+
+def run_in_own_loop(coroutine):
+    """asyncio.run in a thread of its own: the session's Playwright browser keeps an event
+    loop marked running in the main thread, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

@@ -6,7 +6,6 @@ A tiny random Llama (the zoo model's family, our own MC head) with weights drawn
 transformers' default, so its logits are spread like a trained model's and a reduced format
 that computed something else would flip its rankings and greedy tokens.
 """
-import asyncio
 import math
 import os
 
@@ -17,7 +16,7 @@ from conftest import FIRST_TEXT, TEST_DATA, _save_tiny, run_parlai
 from eval_helpers import evaluate
 from parlai_transfertransfo.errors import TransfertransfoError
 from parlai_transfertransfo.recipe import cpu_dtype, int8_linear
-from serving_helpers import PERSONA, make_agent, save_model_file
+from serving_helpers import PERSONA, make_agent, run_in_own_loop, save_model_file
 
 DIALOGS = os.path.join(TEST_DATA, "convai2", "valid_self_original_800.txt")
 DATA = ["-t", "convai2_file", "--convai2-file", DIALOGS, "--valid-split", 0.02]
@@ -160,7 +159,7 @@ def test_the_servers_scheduler_replies_as_the_agent_in_each_mode(agents):
         async def collect(job):
             return [event async for event in job.stream()]
 
-        assert asyncio.run(main()) == expected, mode
+        assert run_in_own_loop(main()) == expected, mode
 
 
 def test_int8_linear_is_the_dequantized_matmul():

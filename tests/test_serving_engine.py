@@ -4,7 +4,6 @@ Real agents on tiny random models (real GPT-2 tokenizer); no HTTP here except th
 API-key check, which runs the real app on uvicorn in a thread.
 """
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 
@@ -18,7 +17,7 @@ from parlai_transfertransfo.serving.decoding import Choice, defaults_from_opt
 from parlai_transfertransfo.serving.scheduler import Job, Scheduler
 from parlai_transfertransfo.serving.rate_limit import RateLimit
 from parlai_transfertransfo.serving.sessions import SessionStore, SessionsFull
-from serving_helpers import PERSONA, http_json, make_agent, shared_model_file
+from serving_helpers import PERSONA, http_json, make_agent, run_in_own_loop, shared_model_file
 
 DIALOGUES = [
     ["hi! how are you today?"],
@@ -85,12 +84,6 @@ def run_jobs(agent, requests):
 
     return run_in_own_loop(main())
 
-
-def run_in_own_loop(coroutine):
-    """asyncio.run in a thread of its own: the session's Playwright browser keeps an event
-    loop marked running in the main thread, where asyncio.run refuses to start."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
 
 
 def ends(events):
