@@ -16,7 +16,7 @@ from conftest import FIRST_TEXT, TEST_DATA, _save_tiny, run_parlai
 from eval_helpers import evaluate
 from parlai_transfertransfo.errors import TransfertransfoError
 from parlai_transfertransfo.recipe import cpu_dtype, int8_linear
-from serving_helpers import PERSONA, make_agent, run_in_own_loop, save_model_file
+from serving_helpers import PERSONA, make_agent, one_thread, run_in_own_loop, save_model_file
 
 DIALOGS = os.path.join(TEST_DATA, "convai2", "valid_self_original_800.txt")
 DATA = ["-t", "convai2_file", "--convai2-file", DIALOGS, "--valid-split", 0.02]
@@ -27,11 +27,9 @@ AMX = cpu_dtype.Capability(avx512_bf16=True, amx=True, vnni=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def single_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

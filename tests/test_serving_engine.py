@@ -17,7 +17,7 @@ from parlai_transfertransfo.serving.decoding import Choice, defaults_from_opt
 from parlai_transfertransfo.serving.scheduler import Job, Scheduler
 from parlai_transfertransfo.serving.rate_limit import RateLimit
 from parlai_transfertransfo.serving.sessions import SessionStore, SessionsFull
-from serving_helpers import PERSONA, http_json, make_agent, run_in_own_loop, shared_model_file
+from serving_helpers import PERSONA, http_json, make_agent, one_thread, run_in_own_loop, shared_model_file
 
 DIALOGUES = [
     ["hi! how are you today?"],
@@ -27,12 +27,9 @@ DIALOGUES = [
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: torch's second thread only adds waiting on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def single_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
