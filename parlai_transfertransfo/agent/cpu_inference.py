@@ -39,5 +39,5 @@ def apply(agent):
     if line not in _printed:
         _printed.add(line)
         (logging.warning if warning else logging.info)(line)
-    cpu_dtype.convert(heads, mode, capability)
+    cpu_dtype.convert(heads, mode)
     return mode

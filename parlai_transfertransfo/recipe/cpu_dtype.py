@@ -81,7 +81,7 @@ def slow_warning(mode: str, capability: Capability) -> str | None:
     return None
 
 
-def convert(double_heads, mode: str, capability: Capability | None = None):
+def convert(double_heads, mode: str):
     """Put `double_heads` (eval mode, weights loaded) in `mode`, in place; returns it."""
     if mode == "fp32":
         return double_heads
