@@ -28,14 +28,15 @@ GOALS = {  # (numerator side, denominator side, goal text, test on the ratio)
     "P3": [("agent train_step", "plain PyTorch loop (train.py)", ">= 0.9x plain tok/s", lambda r: r >= 0.9),
            ("agent train_step", "agent train_step, previous cached path", "(before)", None)],
     "P5": [],
-    "P6": [("16 sessions at once (dynamic batching)", "the same requests one at a time", ">= 4x throughput",
-            lambda r: r >= 4),
+    "P6": [("16 sessions at once (dynamic batching)", "the same requests one at a time", ">= 12x throughput",
+            lambda r: r >= 12),
            ("16 sessions at once (dynamic batching)", "the same requests one at a time, whole contexts (no persona cache)",
             ">= 4x throughput", lambda r: r >= 4),
            ("16 sessions at once (dynamic batching)", "16 sessions at once (dynamic batching), whole contexts (no persona cache)",
             "(persona cache gain)", None),
            ("the same requests one at a time", "the same requests one at a time, whole contexts (no persona cache)",
             "(persona cache gain)", None)],
+    "P6-peer": [],  # its goals compare with our P6 (peer_server.goal_rows)
     "P6b": [("16 sessions at once (dynamic batching), one poisoned request among them",
              "16 sessions at once (dynamic batching)", ">= 0.95x (isolation's cost)", lambda r: r >= 0.95)],
     "P7": [],
@@ -77,7 +78,7 @@ def parse(argv):
     p.add_argument("--cpu-dtypes", default="fp32,bf16,int8",
                    help="P1 on a CPU: the agent's --cpu-dtype sides (fp32 always)")
     p.add_argument("--peer", action="store_true",
-                   help="P1: add llama.cpp on the same GGUF (smollm2-135m; ./install.sh peer)")
+                   help="P1 and P6: add llama.cpp on the same GGUF (smollm2-135m; ./install.sh peer)")
     p.add_argument("--roofline", default="full", choices=["full", "quick"],
                    help="the machine's limits, measured first (quick: tiny sizes, for the tests)")
     return p.parse_args(argv)
@@ -202,6 +203,12 @@ def main(argv=None):
                              + ", ".join(f"{k} {common.median(v):.1f} s" for k, v in r["cpu"].items()))
                 report("P6", f"{model}, {name}", r,
                        roofline.p6_rows(machine, f"{model}, {name}", r, common.median, serving.SIDES[:2]) if machine else ())
+                if args.peer and model == "smollm2-135m":
+                    from benchmarks import peer_server
+                    theirs = peer_server.run(r["contexts"], args.threads, args.reps)
+                    notes.append(f"P6-peer {name}: {theirs['build']}, {args.threads} threads, the same context ids")
+                    report("P6-peer", f"{model}, {name}", theirs,
+                           peer_server.goal_rows(f"{model}, {name}", r, theirs, serving.AT_ONCE, serving.ONE_BY_ONE))
         if "P6B" in only:
             from benchmarks import serving
             for turn, name in serving.TURNS:

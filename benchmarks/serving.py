@@ -137,6 +137,7 @@ def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2, sides=SIDE
         "context_tokens": round(context), "sessions": n_sessions, "turn": turn,
         "poisoned_failed": scheduler.stats["failed"] - failed,  # in the timed repetitions
         "sizes": model_sizes(agent.model.double_heads.lm),
+        "contexts": [_context_ids(agent, r) for r in requests],  # P6-peer sends the same ids
     }
 
 

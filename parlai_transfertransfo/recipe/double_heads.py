@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from parlai_transfertransfo.errors import TransfertransfoError
-from parlai_transfertransfo.recipe import cached_candidates, kv_cache, packed_pass
+from parlai_transfertransfo.recipe import cached_candidates, decode_step, kv_cache, packed_pass
 from parlai_transfertransfo.recipe.architectures import GPT_DOUBLE_HEADS, check_supported
 from parlai_transfertransfo.recipe.prefix import Prefix
 
@@ -74,13 +74,23 @@ class DoubleHeads(nn.Module):
                 cache=cache, use_cache=use_cache,
             )
         else:
-            embed = self.lm.get_input_embeddings()
-            embeds = embed(ids) if types is None else embed(ids) + embed(types)
             out = body(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                inputs_embeds=self._embeds(ids, types), attention_mask=mask, position_ids=positions,
                 cache=cache, use_cache=use_cache,
             )
         return out.last_hidden_state
+
+    def _embeds(self, ids, types):
+        """A Llama-family input: token embedding plus segment embedding (GPT's way)."""
+        embed = self.lm.get_input_embeddings()
+        return embed(ids) if types is None else embed(ids) + embed(types)
+
+    def _decode_step(self):
+        """decode_step.py's step over this backbone when it computes exactly what the body
+        does (a plain Llama, inference), else None. Made once, on the first decoding step."""
+        if not hasattr(self, "_step"):
+            self._step = decode_step.LlamaDecodeStep(self.lm.base_model) if decode_step.supports(self.lm) else None
+        return self._step
 
     def _mc_logits(self, hidden, index):
         """MC logit from hidden [..., T, H] at positions index [...] -> [...]."""
@@ -289,6 +299,9 @@ class DoubleHeads(nn.Module):
             all_positions = torch.cat([past_positions, positions], dim=1)
             hidden = self._rerun_packed(all_ids, all_types, full_mask, all_positions)[:, -ids.size(1):]
             kv = None
+        elif ids.size(1) == 1 and prefix.kv is not None and not torch.is_grad_enabled() and self._decode_step():
+            all_ids = all_types = None  # a decoding step: the same numbers, less machinery
+            hidden, kv = self._step(self._embeds(ids, types), full_mask, positions, prefix.kv)
         else:
             all_ids = all_types = None
             cache = self._cache(prefix)

@@ -4,7 +4,8 @@ copied out of a packed pass.
 - `as_cache(kv, layers)`: the cache a `Prefix` is continued with. transformers' own
   `DynamicLayer` concatenates, so every decoding step copies the whole cache (~11% of a
   16-row step on a CPU). `GrowingLayer` keeps the keys/values as views of a longer buffer
-  and writes new tokens after them, in place, when no one else has written there.
+  and writes new tokens after them (`append`, also decode_step.py's write), in place, when
+  no one else has written there.
 - `PackedPass`: the cache of a packed ranking pass (packing.py). It puts each row's cached
   start (its persona) before the row's keys/values, and keeps a copy of chosen columns:
   the contexts (and the reply's `<speaker1>`), which generation then continues instead of
@@ -38,17 +39,23 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         if torch.is_grad_enabled():
             return super().update(key_states, value_states, *args, **kwargs)
-        n = self.keys.shape[-2] if self.keys.dim() == 4 else 0
-        add = key_states.shape[-2]
-        if not (_writable_after(self.keys, n, add) and _writable_after(self.values, n, add)):
-            self.keys = _rebuffer(self.keys, key_states, n, add)
-            self.values = _rebuffer(self.values, value_states, n, add)
-        base_k, base_v = self.keys._tt_buffer, self.values._tt_buffer
-        base_k[:, :, n:n + add] = key_states
-        base_v[:, :, n:n + add] = value_states
-        base_k._tt_end = base_v._tt_end = n + add
-        self.keys, self.values = _view(base_k, n + add), _view(base_v, n + add)
+        self.keys, self.values = append(self.keys, self.values, key_states, value_states)
         return self.keys, self.values
+
+
+def append(keys, values, key_states, value_states):
+    """(keys, values) followed by the new columns, written in place after them when their
+    buffer has room no one else has used (GrowingLayer), else in a new buffer. Autograd off."""
+    n = keys.shape[-2] if keys.dim() == 4 else 0
+    add = key_states.shape[-2]
+    if not (_writable_after(keys, n, add) and _writable_after(values, n, add)):
+        keys = _rebuffer(keys, key_states, n, add)
+        values = _rebuffer(values, value_states, n, add)
+    base_k, base_v = keys._tt_buffer, values._tt_buffer
+    base_k[:, :, n:n + add] = key_states
+    base_v[:, :, n:n + add] = value_states
+    base_k._tt_end = base_v._tt_end = n + add
+    return _view(base_k, n + add), _view(base_v, n + add)
 
 
 def _writable_after(view, n, add):
