@@ -19,6 +19,7 @@ import tempfile
 import torch
 
 from benchmarks import common
+from parlai_transfertransfo.serving.off_main_thread import call as alone  # each bench on a thread that ends
 
 GOALS = {  # (numerator side, denominator side, goal text, test on the ratio)
     "P1": [("no-cache loop (interact.py)", "agent observe+act", ">= 6x faster", lambda r: r >= 6),
@@ -142,7 +143,7 @@ def main(argv=None):
     machine = None
     if args.device == "cpu":
         from benchmarks import roofline
-        machine = roofline.measure(quick=args.roofline == "quick")
+        machine = alone(roofline.measure, quick=args.roofline == "quick")
         notes += machine.lines()
         print(machine.lines()[0], f"(load average {os.getloadavg()[0]:.2f})", flush=True)
 
@@ -155,7 +156,7 @@ def main(argv=None):
     for model in models:
         if "P1" in only:
             from benchmarks import decoding
-            r = decoding.run(model, args.workdir, args.device, args.reps, dialogs,
+            r = alone(decoding.run, model, args.workdir, args.device, args.reps, dialogs,
                              modes=args.cpu_dtypes.split(","), peer_threads=args.threads if args.peer else None)
             notes.append(f"P1 {model}: {r['context_tokens']}-token context, greedy, 20 tokens; same tokens on the fp32 "
                          "sides; " + "".join(f"--cpu-dtype {m}: {a} of {b} tokens equal fp32's; "
@@ -170,7 +171,7 @@ def main(argv=None):
             report("P1", model, r, peer_rows + (roofline.p1_rows(machine, model, r, common.median) if machine else []))
         if "P2" in only:
             from benchmarks import ranking
-            r = ranking.run_real(model, args.workdir, args.device, args.reps, dialogs, args.p2_examples)
+            r = alone(ranking.run_real, model, args.workdir, args.device, args.reps, dialogs, args.p2_examples)
             r["goals"] = real_p2_goals(r["limit"])
             notes.append(f"P2 real {model}: {r['examples']} consecutive held-out ConvAI2 validation examples "
                          f"(last 100 shipped dialogs), {r['candidates']} candidates; times per example; "
@@ -178,7 +179,7 @@ def main(argv=None):
                          f"sequences / {r['shared_tokens']} tokens of contexts once + candidates; "
                          f"max |score difference| vs full sequences {r['max_score_diff']:.1e}")
             report("P2 real data", model, r)
-            r = ranking.run(model, args.workdir, args.device, args.reps, dialogs)
+            r = alone(ranking.run, model, args.workdir, args.device, args.reps, dialogs)
             notes.append(f"P2 one context {model}: one selected {r['context_tokens']}-token context (not "
                          f"representative: ConvAI2 contexts are ~100 tokens), {r['candidates']} candidates, "
                          f"max |score difference| {r['max_score_diff']:.1e}")
@@ -186,7 +187,7 @@ def main(argv=None):
         if "P3" in only:
             from benchmarks import training
             for dtype in (["fp32", "bf16"] if args.device == "cpu" else ["bf16", "fp16"]):
-                r = training.run(model, args.workdir, args.device, args.reps, dialogs, batch, dtype, args.peak_tflops)
+                r = alone(training.run, model, args.workdir, args.device, args.reps, dialogs, batch, dtype, args.peak_tflops)
                 notes.append(f"P3 {model} {dtype}: batch {batch} x 2 candidates, "
                              f"{r['tokens_per_step'][1]} tokens in the first timed step, {r['params'] / 1e6:.0f}M parameters")
                 report("P3", f"{model} {dtype}", r,
@@ -196,7 +197,7 @@ def main(argv=None):
             for turn, name in serving.TURNS:
                 if name.split()[0] not in args.p6_messages.split(","):
                     continue
-                r = serving.run(model, args.workdir, args.device, args.reps, dialogs, turn=turn)
+                r = alone(serving.run, model, args.workdir, args.device, args.reps, dialogs, turn=turn)
                 notes.append(f"P6 {model} {name}: {r['sessions']} ConvAI2 dialogs at turn {turn + 1} "
                              f"(~{r['context_tokens']}-token contexts), greedy, 20 tokens each; same replies "
                              "on all sides; CPU seconds of this process (medians): "
@@ -214,7 +215,7 @@ def main(argv=None):
             for turn, name in serving.TURNS:
                 if name.split()[0] not in args.p6_messages.split(","):
                     continue
-                r = serving.run(model, args.workdir, args.device, args.reps, dialogs, turn=turn,
+                r = alone(serving.run, model, args.workdir, args.device, args.reps, dialogs, turn=turn,
                                 sides=serving.P6B_SIDES, cpu_clock=args.device == "cpu")
                 clock = "CPU seconds of this process; wall medians" if args.device == "cpu" else "wall seconds; the same"
                 notes.append(f"P6b {model} {name}: P6's 16 sessions, and one request with top_k 10**6 sent "
@@ -232,7 +233,7 @@ def main(argv=None):
 
     if "P7" in only:
         from benchmarks import evaluation
-        r = evaluation.run(args.eval_model_file, os.path.join(args.workdir, "data"), args.device, dialogs,
+        r = alone(evaluation.run, args.eval_model_file, os.path.join(args.workdir, "data"), args.device, dialogs,
                            args.p7_examples, 16, args.p7_skip_generation)
         name = args.eval_model_file.replace("zoo:transfertransfo/", "").replace("/model", "")
         what = "ppl + hits@1" if args.p7_skip_generation else "ppl + hits@1 + a generated reply (eval_model's default)"
@@ -254,7 +255,7 @@ def main(argv=None):
         print(" | ".join(row), flush=True)
     if "P8" in only:
         from benchmarks import self_chat
-        r = self_chat.run(args.self_chat_model_file, args.device, args.reps)
+        r = alone(self_chat.run, args.self_chat_model_file, args.device, args.reps)
         notes.append(f"P8 {args.self_chat_model_file}: 8 chats of 4 turns (personas, then 3 exchanges), "
                      f"greedy, the same persona pairs on every side; {r['same_utterances']} of "
                      f"{r['utterances']} utterances at -bs 8 equal those at -bs 1; "

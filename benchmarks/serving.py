@@ -28,6 +28,7 @@ import time
 from benchmarks.common import make_agent
 from benchmarks.roofline import model_sizes
 from parlai_transfertransfo.recipe import segments
+from parlai_transfertransfo.serving import off_main_thread
 from parlai_transfertransfo.serving.decoding import defaults_from_opt
 from parlai_transfertransfo.serving.scheduler import Job, Scheduler
 
@@ -92,8 +93,9 @@ def run(model, workdir, device, reps, dialogs, n_sessions=16, turn=2, sides=SIDE
     """cpu_clock: the sides' times (and so their throughput) in this process's CPU seconds,
     not wall seconds: on a CPU shared with other jobs, what a few per cent apart can be
     told by (the wall times are kept under "wall")."""
-    agent = make_agent(model, workdir, device, "--inference", "greedy", "--beam-min-length", STEPS,
-                       "--label-truncate", STEPS)
+    # as the server loads it: off the main thread (serving/off_main_thread.py)
+    agent = off_main_thread.call(make_agent, model, workdir, device, "--inference", "greedy", "--beam-min-length",
+                                 STEPS, "--label-truncate", STEPS)
     decoding = defaults_from_opt(agent.opt)
     requests = sessions(dialogs, n_sessions, turn)
     scheduler = Scheduler(agent, max_rows=max(32, n_sessions), max_prefill_tokens=8192).start()

@@ -332,3 +332,20 @@ def test_api_key_guards_the_api_and_counters_and_a_full_store_refuses_new_sessio
         server.should_exit = True
         thread.join(timeout=10)
         scheduler.stop()
+
+
+def test_the_model_loads_off_the_main_thread_and_errors_come_back():
+    """serve_transfertransfo loads its agent through off_main_thread.call (the main thread
+    keeps no OpenMP pool to slow the scheduler's): the result and any error come back as
+    if the call ran here, and it ran on a thread of its own."""
+    from parlai_transfertransfo.errors import TransfertransfoError
+    from parlai_transfertransfo.serving import off_main_thread
+
+    ran_on = off_main_thread.call(lambda: threading.current_thread())
+    assert ran_on is not threading.main_thread() and not ran_on.is_alive()
+    with pytest.raises(TransfertransfoError, match="no such model"):
+        off_main_thread.call(lambda: (_ for _ in ()).throw(TransfertransfoError("no such model")))
+    import inspect
+    from parlai_transfertransfo.scripts import serve_transfertransfo
+
+    assert "off_main_thread.call(load_agent, opt)" in inspect.getsource(serve_transfertransfo.ServeTransfertransfo.run)

@@ -15,7 +15,7 @@ Only plain Llama configs take it (`supports`): the family's kin differ inside th
 import torch
 import torch.nn.functional as F
 
-from parlai_transfertransfo.recipe import kv_cache
+from parlai_transfertransfo.recipe import int8_linear, kv_cache
 
 
 def supports(lm) -> bool:
@@ -50,6 +50,11 @@ class LlamaDecodeStep:
         self.head_dim = attention.head_dim
         self.groups = attention.num_key_value_groups
         self.scaling = attention.scaling
+        # int8 weights (--cpu-dtype int8): q/k/v and gate/up each fused into one matmul
+        self.fused = [(
+            int8_linear.Int8Linear.fuse([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
+            int8_linear.Int8Linear.fuse([layer.mlp.gate_proj, layer.mlp.up_proj]),
+        ) for layer in self.layers]
 
     def _rotary(self, embeds, positions):
         """cos, sin [B, 1, 1, head_dim]: transformers' rotary embedding, once for all layers."""
@@ -62,20 +67,33 @@ class LlamaDecodeStep:
         # transformers' mask for one query: none where every column is real, else which are.
         attend = None if bool(mask.all()) else mask.bool()[:, None, None, :]
         x, new_kv = embeds, []
-        for layer, (keys, values) in zip(self.layers, kv):
+        for layer, (keys, values), (qkv, gate_up) in zip(self.layers, kv, self.fused):
             attention = layer.self_attn
             h = layer.input_layernorm(x)
-            q = attention.q_proj(h).view(batch, 1, -1, self.head_dim).transpose(1, 2)
-            k = attention.k_proj(h).view(batch, 1, -1, self.head_dim).transpose(1, 2)
-            v = attention.v_proj(h).view(batch, 1, -1, self.head_dim).transpose(1, 2)
+            if qkv is None:
+                q, k, v = attention.q_proj(h), attention.k_proj(h), attention.v_proj(h)
+            else:
+                q, k, v = qkv(h).split([p.out_features for p in (attention.q_proj, attention.k_proj,
+                                                                   attention.v_proj)], -1)
+            q = q.view(batch, 1, -1, self.head_dim).transpose(1, 2)
+            k = k.view(batch, 1, -1, self.head_dim).transpose(1, 2)
+            v = v.view(batch, 1, -1, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             keys, values = kv_cache.append(keys, values, k, v)
             new_kv.append((keys, values))
             out = self._attend(q, keys, values, attend)
             x = x + attention.o_proj(out.reshape(batch, 1, -1).contiguous())
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + self._mlp(layer.mlp, gate_up, layer.post_attention_layernorm(x))
         return self.body.norm(x), tuple(new_kv)
+
+    @staticmethod
+    def _mlp(mlp, gate_up, h):
+        """transformers' LlamaMLP, its gate and up projections in one matmul when fused."""
+        if gate_up is None:
+            return mlp(h)
+        gate, up = gate_up(h).split([mlp.gate_proj.out_features, mlp.up_proj.out_features], -1)
+        return mlp.down_proj(mlp.act_fn(gate) * up)
 
     def _attend(self, q, keys, values, attend):
         """transformers' SDPA call for one query token: grouped heads through `enable_gqa`

@@ -87,7 +87,10 @@ class DoubleHeads(nn.Module):
 
     def _decode_step(self):
         """decode_step.py's step over this backbone when it computes exactly what the body
-        does (a plain Llama, inference), else None. Made once, on the first decoding step."""
+        does (a plain Llama, inference: eval mode, no autograd), else None. Made once, on
+        the first decoding step (with int8 weights, it fuses their projections then)."""
+        if torch.is_grad_enabled() or self.lm.training:
+            return None
         if not hasattr(self, "_step"):
             self._step = decode_step.LlamaDecodeStep(self.lm.base_model) if decode_step.supports(self.lm) else None
         return self._step
@@ -299,7 +302,7 @@ class DoubleHeads(nn.Module):
             all_positions = torch.cat([past_positions, positions], dim=1)
             hidden = self._rerun_packed(all_ids, all_types, full_mask, all_positions)[:, -ids.size(1):]
             kv = None
-        elif ids.size(1) == 1 and prefix.kv is not None and not torch.is_grad_enabled() and self._decode_step():
+        elif ids.size(1) == 1 and prefix.kv is not None and self._decode_step():
             all_ids = all_types = None  # a decoding step: the same numbers, less machinery
             hidden, kv = self._step(self._embeds(ids, types), full_mask, positions, prefix.kv)
         else:

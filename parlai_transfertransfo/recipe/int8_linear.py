@@ -35,6 +35,27 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
     @classmethod
+    def fuse(cls, parts):
+        """One Int8Linear whose output is `parts`' outputs side by side (q, k and v: one
+        kernel call for a decoding step, not three), or None unless every part is an
+        Int8Linear without bias. The parts then read their rows of its weights: the same
+        int8 values and scales, no second copy."""
+        if not all(isinstance(p, cls) and p.bias is None for p in parts):
+            return None
+        whole = cls.__new__(cls)
+        nn.Module.__init__(whole)
+        whole.in_features, whole.out_features = parts[0].in_features, sum(p.out_features for p in parts)
+        for name in ("qweight", "scales", "scales_bf16"):
+            whole.register_buffer(name, torch.cat([getattr(p, name) for p in parts]))
+        whole.register_buffer("bias", None)
+        start = 0
+        for p in parts:
+            for name in ("qweight", "scales", "scales_bf16"):
+                setattr(p, name, getattr(whole, name)[start:start + p.out_features])
+            start += p.out_features
+        return whole
+
+    @classmethod
     def from_module(cls, module):
         """An Int8Linear computing what `module` (nn.Linear or transformers' Conv1D) does."""
         if isinstance(module, nn.Linear):

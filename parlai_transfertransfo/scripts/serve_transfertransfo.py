@@ -118,6 +118,7 @@ class ServeTransfertransfo(ParlaiScript):
         except ImportError as err:
             raise TransfertransfoError(f"serving needs the 'serve' extra ({err.name} is missing): ./install.sh serve")
         from parlai_transfertransfo.data import personas
+        from parlai_transfertransfo.serving import off_main_thread
         from parlai_transfertransfo.serving.decoding import defaults_from_opt
         from parlai_transfertransfo.serving.openai_schema import Limits
         from parlai_transfertransfo.serving.scheduler import Scheduler
@@ -133,7 +134,7 @@ class ServeTransfertransfo(ParlaiScript):
         sock = listen(opt["host"], opt["port"])
         scheduler = None
         try:
-            agent = load_agent(opt)
+            agent = off_main_thread.call(load_agent, opt)  # the main thread keeps no OpenMP pool
             scheduler = Scheduler(agent, max_rows=opt["max_batch_rows"], max_queue=opt["max_queue"],
                                   max_context_tokens=opt["max_context_tokens"]).start()
             config = serving_app.ServeConfig(
