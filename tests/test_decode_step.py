@@ -11,7 +11,7 @@ over 3).
 import pytest
 import torch
 
-from parlai_transfertransfo.recipe import cpu_dtype, decode_step
+from parlai_transfertransfo.recipe import cpu_dtype, decode_step, row_blocks
 from parlai_transfertransfo.recipe.double_heads import DoubleHeads
 from parlai_transfertransfo.recipe.prefix import left_pad
 
@@ -73,6 +73,28 @@ def test_step_is_transformers_forward_bit_for_bit(mode):
         prefix = contexts(heads, rows)
         batch_tokens = tokens[:, : len(rows)]
         assert_same(decode(heads, prefix, batch_tokens, True), decode(heads, prefix, batch_tokens, False))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_one_row_in_row_blocks_is_transformers_forward_bit_for_bit(threads):
+    """One row with fp32 weights: every projection of at least 16 rows a core, and the LM
+    head (301 rows: blocks that overlap), run as row blocks on `threads` cores
+    (row_blocks.py), and change no bit."""
+    heads = heads_in("fp32", vocab_size=301)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        prefix = contexts(heads, ROWS[:1])
+        tokens = torch.randint(1, 301, (STEPS, 1), generator=torch.Generator().manual_seed(3))
+        with_blocks = decode(heads, prefix, tokens, True)
+        step = heads._step
+        wide = [(split, module) for splits, modules in zip(step.one_row, step.projections)
+                for split, module in zip(splits, modules) if module.out_features >= row_blocks.ALIGN * threads]
+        assert step.head is not None and len(wide) >= 5 * 2  # q, o, gate, up, down of both layers
+        assert all(isinstance(split, row_blocks.RowBlocks) for split, _ in wide)
+        assert_same(with_blocks, decode(heads, prefix, tokens, False))
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_step_after_masked_columns_in_the_middle():

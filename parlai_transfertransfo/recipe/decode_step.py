@@ -15,7 +15,7 @@ Only plain Llama configs take it (`supports`): the family's kin differ inside th
 import torch
 import torch.nn.functional as F
 
-from parlai_transfertransfo.recipe import int8_linear, kv_cache
+from parlai_transfertransfo.recipe import int8_linear, kv_cache, row_blocks
 
 
 def supports(lm) -> bool:
@@ -42,7 +42,7 @@ class LlamaDecodeStep:
     [B, kv_heads, S, head_dim], as a Prefix keeps them.
     """
 
-    def __init__(self, body):
+    def __init__(self, body, head=None):
         config = body.config
         self.body = body
         self.layers = list(body.layers[: config.num_hidden_layers])
@@ -55,6 +55,12 @@ class LlamaDecodeStep:
             int8_linear.Int8Linear.fuse([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
             int8_linear.Int8Linear.fuse([layer.mlp.gate_proj, layer.mlp.up_proj]),
         ) for layer in self.layers]
+        # one row (a reply decoded alone), fp32 weights: each product in row blocks on every
+        # core where that is F.linear bit for bit on this machine (row_blocks.py)
+        self.projections = [_projections(layer) for layer in self.layers]
+        split = row_blocks.plan([m for group in self.projections for m in group] + [head] * (head is not None))
+        self.one_row = [tuple(split.get(id(m), m) for m in group) for group in self.projections] if split else None
+        self.head = split.get(id(head))
 
     def _rotary(self, embeds, positions):
         """cos, sin [B, 1, 1, head_dim]: transformers' rotary embedding, once for all layers."""
@@ -67,11 +73,13 @@ class LlamaDecodeStep:
         # transformers' mask for one query: none where every column is real, else which are.
         attend = None if bool(mask.all()) else mask.bool()[:, None, None, :]
         x, new_kv = embeds, []
-        for layer, (keys, values), (qkv, gate_up) in zip(self.layers, kv, self.fused):
+        projections = self.one_row if self._blocks_apply(batch) else self.projections
+        for layer, (keys, values), (qkv, gate_up), (q_proj, k_proj, v_proj, o_proj, *mlp) in zip(
+                self.layers, kv, self.fused, projections):
             attention = layer.self_attn
             h = layer.input_layernorm(x)
             if qkv is None:
-                q, k, v = attention.q_proj(h), attention.k_proj(h), attention.v_proj(h)
+                q, k, v = q_proj(h), k_proj(h), v_proj(h)
             else:
                 q, k, v = qkv(h).split([p.out_features for p in (attention.q_proj, attention.k_proj,
                                                                    attention.v_proj)], -1)
@@ -83,17 +91,27 @@ class LlamaDecodeStep:
             keys, values = kv_cache.append(keys, values, k, v)
             new_kv.append((keys, values))
             out = self._attend(q, keys, values, attend)
-            x = x + attention.o_proj(out.reshape(batch, 1, -1).contiguous())
-            x = x + self._mlp(layer.mlp, gate_up, layer.post_attention_layernorm(x))
+            x = x + o_proj(out.reshape(batch, 1, -1).contiguous())
+            x = x + self._mlp(layer.mlp, gate_up, *mlp, layer.post_attention_layernorm(x))
         return self.body.norm(x), tuple(new_kv)
 
+    def logits(self, last):
+        """The LM head's logits for last [1, H] in row blocks, or None where the agent's own
+        head runs (several rows, or no exact blocks here)."""
+        return self.head(last) if self.head is not None and self._blocks_apply(last.size(0)) else None
+
+    def _blocks_apply(self, rows):
+        """Row blocks were checked on one fp32 row; autocast (--bf16 true) multiplies in bf16."""
+        return rows == 1 and self.one_row is not None and not torch.is_autocast_enabled("cpu")
+
     @staticmethod
-    def _mlp(mlp, gate_up, h):
-        """transformers' LlamaMLP, its gate and up projections in one matmul when fused."""
+    def _mlp(mlp, gate_up, gate_proj, up_proj, down_proj, h):
+        """transformers' LlamaMLP (down(act(gate(h)) * up(h)), in its order), its gate and up
+        projections in one matmul when fused."""
         if gate_up is None:
-            return mlp(h)
+            return down_proj(mlp.act_fn(gate_proj(h)) * up_proj(h))
         gate, up = gate_up(h).split([mlp.gate_proj.out_features, mlp.up_proj.out_features], -1)
-        return mlp.down_proj(mlp.act_fn(gate) * up)
+        return down_proj(mlp.act_fn(gate) * up)
 
     def _attend(self, q, keys, values, attend):
         """transformers' SDPA call for one query token: grouped heads through `enable_gqa`
@@ -109,6 +127,12 @@ class LlamaDecodeStep:
         )
         out = out.reshape(out.shape[0], -1, 1, values.shape[-1])
         return out.transpose(1, 2).contiguous()
+
+
+def _projections(layer):
+    attention, mlp = layer.self_attn, layer.mlp
+    return (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+            mlp.gate_proj, mlp.up_proj, mlp.down_proj)
 
 
 def _rotate_half(x):

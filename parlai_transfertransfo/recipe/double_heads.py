@@ -92,7 +92,8 @@ class DoubleHeads(nn.Module):
         if torch.is_grad_enabled() or self.lm.training:
             return None
         if not hasattr(self, "_step"):
-            self._step = decode_step.LlamaDecodeStep(self.lm.base_model) if decode_step.supports(self.lm) else None
+            self._step = (decode_step.LlamaDecodeStep(self.lm.base_model, self.lm.get_output_embeddings())
+                          if decode_step.supports(self.lm) else None)
         return self._step
 
     def _mc_logits(self, hidden, index):
@@ -293,6 +294,7 @@ class DoubleHeads(nn.Module):
         positions = positions.clamp(min=0)
         self._check_positions(positions)
         full_mask = torch.cat([prefix.mask, mask], dim=1)
+        step_head = None  # a decoding step's own LM head (one row in row blocks), if it has one
         if self.kind == "openai-gpt":
             # No KV cache in transformers 5's OpenAI GPT: keep the tokens and re-run the
             # whole sequence each call. Correct, but each step costs a full forward.
@@ -305,6 +307,7 @@ class DoubleHeads(nn.Module):
         elif ids.size(1) == 1 and prefix.kv is not None and self._decode_step():
             all_ids = all_types = None  # a decoding step: the same numbers, less machinery
             hidden, kv = self._step(self._embeds(ids, types), full_mask, positions, prefix.kv)
+            step_head = self._step.logits
         else:
             all_ids = all_types = None
             cache = self._cache(prefix)
@@ -316,7 +319,9 @@ class DoubleHeads(nn.Module):
         steps = torch.arange(1, ids.size(1) + 1, device=ids.device)
         last_real = ((mask * steps).max(1).values - 1).clamp(min=0)  # left or right padding
         last = hidden[torch.arange(ids.size(0), device=ids.device), last_real]
-        last_logits = self._lm_logits(last) if logits else None
+        last_logits = step_head(last) if logits and step_head else None
+        if logits and last_logits is None:
+            last_logits = self._lm_logits(last)
         if logits and prefix.last_logits is not None:
             last_logits = torch.where(lengths[:, None] > 0, last_logits, prefix.last_logits)
         new_prefix = replace(
