@@ -69,6 +69,20 @@ def raw_cached_loop(heads, prefix_ids, prefix_types, reply_type, special, device
     return out
 
 
+UNSPLIT = "agent observe+act, one-row matmuls unsplit (before row blocks)"
+
+
+def _without_row_blocks(heads):
+    """Switch off the decoding step's row blocks (recipe/row_blocks.py); False where the
+    step does not run (not a plain Llama) or has none on this machine."""
+    with torch.inference_mode():
+        step = heads._decode_step()
+    if step is None or step.one_row is None:
+        return False
+    step.one_row = step.head = None
+    return True
+
+
 def agent_side(mode):
     return "agent observe+act" + ("" if mode == "fp32" else f", --cpu-dtype {mode}")
 
@@ -121,6 +135,13 @@ def run(model, workdir, device, reps, dialogs, context_tokens=200, modes=("fp32"
         tokens = other.dict.txt2vec(agent_reply(other))
         same[mode] = (sum(a == b for a, b in zip(tokens, reference)), len(reference))
         sides[agent_side(mode)] = lambda other=other: agent_reply(other)
+    if device == "cpu":  # the same fp32 agent with its one-row matmuls as MKL runs them
+        unsplit = make_agent(model, workdir, device, *args, "--cpu-dtype", "fp32")
+        unsplit.model.eval()
+        if _without_row_blocks(double_heads(unsplit)):
+            if agent_reply(unsplit) != text:
+                raise AssertionError(f"P1 {model}: row blocks changed the reply")
+            sides[UNSPLIT] = lambda: agent_reply(unsplit)
     if peer_threads:
         from benchmarks import peer
         sides[peer.SIDE] = peer.Reply(prefix_ids + [special.speaker1], peer_threads, STEPS)

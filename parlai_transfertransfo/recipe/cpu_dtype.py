@@ -11,9 +11,10 @@ the roofline). Fewer bytes per weight, or a faster matmul, is the lever:
   output channel (a quarter of the bytes), activations in floating point: torch's own
   weight-only int8 kernel for decoding steps (`int8_linear.py`).
 - auto (the default): fp32 for now, on every CPU. A default may lose at most 0.5 point of
-  hits@1 and F1 (docs/evaluation.md measures each mode), and every equivalence test of the
-  suite compares with fp32: no AMX machine was at hand to run the suite with bf16 weights.
-  Where the CPU has bf16, the line `auto` prints says `--cpu-dtype bf16` is there.
+  hits@1 and F1 (docs/evaluation.md measures each mode: bf16 loses 0.55 of F1), and every
+  equivalence test of the suite compares with fp32. Where the CPU has bf16, the line `auto`
+  prints says `--cpu-dtype bf16` is there (on an AVX512-BF16 EPYC its prefills are 1.8x
+  fp32's speed, its one-row steps no faster: docs/cpu-inference.md).
 
 Training always runs fp32 weights (its mixed precision is `--bf16 true`); the MC head
 stays fp32 in every mode. `convert` changes a DoubleHeads in place, once, after its weights
