@@ -7,7 +7,9 @@ CPU that machinery costs about as much as the matmuls of an int8 step (docs/benc
 the profile). This step calls the layers' own norms, projections and MLPs, builds the mask
 and the rotary cos/sin once for all layers, and writes the new keys/values in place
 (kv_cache.append) - so every number is the one transformers computes, bit for bit
-(tests/test_decode_step.py compares them with `torch.equal`).
+(tests/test_decode_step.py compares them with `torch.equal`). One row with fp32 weights runs
+its projections and the LM head as row blocks on every core, where this machine computes
+them bit for bit as F.linear does (row_blocks.py).
 
 Only plain Llama configs take it (`supports`): the family's kin differ inside their layers
 (q/k norms, multipliers, fused projections, sliding windows) and keep transformers' forward.
