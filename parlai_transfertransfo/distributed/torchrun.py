@@ -4,6 +4,7 @@ torchrun starts the processes and owns the rendezvous (its store on MASTER_ADDR:
 each process joins it through `env://` and runs ParlAI's JoinableTrainLoop, as ParlAI's
 `multiprocessing_train` runs each of its workers. Rank 0 writes the one model file.
 """
+import gc
 import sys
 
 from parlai_transfertransfo.distributed import checks
@@ -52,7 +53,14 @@ def train(opt, rank, local_rank):
         opt["multiprocessing"] = True
         loop = fsdp_utils.JoinableTrainLoop(opt)
         with fsdp_utils.fsdp_join(loop):
-            return loop.train()
+            result = loop.train()
+        # The DDP model's reducer holds the process group. Freed after the context has
+        # destroyed the group, its gloo destructor hung on a lock or aborted the process
+        # ("terminate called without an active exception") once training had ended: free
+        # the loop while the group is alive.
+        del loop
+        gc.collect()
+    return result
 
 
 def main(argv=None):
