@@ -4,7 +4,6 @@ torchrun starts the processes and owns the rendezvous (its store on MASTER_ADDR:
 each process joins it through `env://` and runs ParlAI's JoinableTrainLoop, as ParlAI's
 `multiprocessing_train` runs each of its workers. Rank 0 writes the one model file.
 """
-import gc
 import sys
 
 from parlai_transfertransfo.distributed import checks
@@ -53,14 +52,7 @@ def train(opt, rank, local_rank):
         opt["multiprocessing"] = True
         loop = fsdp_utils.JoinableTrainLoop(opt)
         with fsdp_utils.fsdp_join(loop):
-            result = loop.train()
-        # The DDP model's reducer holds the process group. Freed after the context has
-        # destroyed the group, its gloo destructor hung on a lock or aborted the process
-        # ("terminate called without an active exception") once training had ended: free
-        # the loop while the group is alive.
-        del loop
-        gc.collect()
-    return result
+            return loop.train()
 
 
 def main(argv=None):

@@ -61,9 +61,28 @@ def fix_distributed_on_cpu(distributed):
                     distributed.sync_object(None)
                     yield opt
             finally:
+                _release_ddp_reducers()
                 dist.destroy_process_group()
 
     distributed.distributed_context = distributed_context
+
+
+def _release_ddp_reducers():
+    """ParlAI's launchers (torchrun's, `multiprocessing_train`'s, SLURM's `distributed_train`)
+    keep the training loop, and the DDP model's reducer with it, alive after the context
+    destroys the process group. Destructed later, the gloo group hung on a lock in
+    `~ProcessGroupGloo` or aborted the rank ("terminate called without an active exception")
+    once training had ended: drop every DDP wrapper's reducer (and the logger holding it)
+    while the group is alive. Training is over; the wrapped modules stay usable alone."""
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    for obj in gc.get_objects():
+        if isinstance(obj, DistributedDataParallel):
+            for name in ("logger", "reducer"):
+                obj.__dict__.pop(name, None)
+    gc.collect()
 
 
 @contextlib.contextmanager
