@@ -3,7 +3,7 @@
 On a CPU a decoding step reads every weight once (bandwidth-bound: bytes / GB/s), and a
 prefill or a training step multiplies (compute-bound: FLOPs / the GEMM peak). A phase's
 floor is the larger of the two; a benchmark's floor is the sum over its phases, and its
-figure is shown as floor / measured time (docs/benchmarks.md, "The roofline", has the
+figure is shown as floor / measured time (docs/cpu-inference.md, "The roofline", has the
 arithmetic). Measured with torch on the benchmark's threads, as the models run:
 
 - GEMM peaks: the best of a few square matmuls (2·n³ FLOPs), fp32 and bf16;

@@ -1,7 +1,7 @@
 """The weight format a CPU runs inference in (`--cpu-dtype auto|fp32|bf16|int8`).
 
 A decoding step reads every weight once, so on a CPU its time is the weights' bytes over
-the memory bandwidth, and a prefill's is its FLOPs over the matmul peak (docs/benchmarks.md,
+the memory bandwidth, and a prefill's is its FLOPs over the matmul peak (docs/cpu-inference.md,
 the roofline). Fewer bytes per weight, or a faster matmul, is the lever:
 
 - fp32: the weights as trained; bit for bit the recipe's numbers.

@@ -3,7 +3,7 @@ transformers' forward, without its per-call machinery.
 
 A decoding step of SmolLM2-135M runs 30 layers of a few small matmuls. transformers' body
 wraps each call in mask building, output capture, keyword plumbing and a cache object; on a
-CPU that machinery costs about as much as the matmuls of an int8 step (docs/benchmarks.md,
+CPU that machinery costs about as much as the matmuls of an int8 step (docs/cpu-inference.md,
 the profile). This step calls the layers' own norms, projections and MLPs, builds the mask
 and the rotary cos/sin once for all layers, and writes the new keys/values in place
 (kv_cache.append) - so every number is the one transformers computes, bit for bit
@@ -60,7 +60,7 @@ class LlamaDecodeStep:
         # one row (a reply decoded alone), fp32 weights: each product in row blocks on every
         # core where that is F.linear bit for bit on this machine (row_blocks.py)
         self.projections = [_projections(layer) for layer in self.layers]
-        split = row_blocks.plan([m for group in self.projections for m in group] + [head] * (head is not None))
+        split = row_blocks.plan([m for group in self.projections for m in group] + ([head] if head else []))
         self.one_row = [tuple(split.get(id(m), m) for m in group) for group in self.projections] if split else None
         self.head = split.get(id(head))
 
@@ -97,10 +97,10 @@ class LlamaDecodeStep:
             x = x + self._mlp(layer.mlp, gate_up, *mlp, layer.post_attention_layernorm(x))
         return self.body.norm(x), tuple(new_kv)
 
-    def logits(self, last):
-        """The LM head's logits for last [1, H] in row blocks, or None where the agent's own
-        head runs (several rows, or no exact blocks here)."""
-        return self.head(last) if self.head is not None and self._blocks_apply(last.size(0)) else None
+    def lm_head(self, rows, default):
+        """The LM head for a step of `rows` rows: in row blocks for one row where they are
+        exact here, else `default` (the model's own)."""
+        return self.head if self.head is not None and self._blocks_apply(rows) else default
 
     def _blocks_apply(self, rows):
         """Row blocks were checked on one fp32 row; autocast (--bf16 true) multiplies in bf16."""

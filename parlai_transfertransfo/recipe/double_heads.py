@@ -294,7 +294,7 @@ class DoubleHeads(nn.Module):
         positions = positions.clamp(min=0)
         self._check_positions(positions)
         full_mask = torch.cat([prefix.mask, mask], dim=1)
-        step_head = None  # a decoding step's own LM head (one row in row blocks), if it has one
+        lm_head = self._lm_logits
         if self.kind == "openai-gpt":
             # No KV cache in transformers 5's OpenAI GPT: keep the tokens and re-run the
             # whole sequence each call. Correct, but each step costs a full forward.
@@ -307,7 +307,7 @@ class DoubleHeads(nn.Module):
         elif ids.size(1) == 1 and prefix.kv is not None and self._decode_step():
             all_ids = all_types = None  # a decoding step: the same numbers, less machinery
             hidden, kv = self._step(self._embeds(ids, types), full_mask, positions, prefix.kv)
-            step_head = self._step.logits
+            lm_head = self._step.lm_head(ids.size(0), lm_head)  # one row: in row blocks
         else:
             all_ids = all_types = None
             cache = self._cache(prefix)
@@ -319,9 +319,7 @@ class DoubleHeads(nn.Module):
         steps = torch.arange(1, ids.size(1) + 1, device=ids.device)
         last_real = ((mask * steps).max(1).values - 1).clamp(min=0)  # left or right padding
         last = hidden[torch.arange(ids.size(0), device=ids.device), last_real]
-        last_logits = step_head(last) if logits and step_head else None
-        if logits and last_logits is None:
-            last_logits = self._lm_logits(last)
+        last_logits = lm_head(last) if logits else None
         if logits and prefix.last_logits is not None:
             last_logits = torch.where(lengths[:, None] > 0, last_logits, prefix.last_logits)
         new_prefix = replace(

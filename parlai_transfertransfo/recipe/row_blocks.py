@@ -3,7 +3,7 @@
 A decoding step of one reply multiplies one row by each weight ([1, K] x [K, N]). torch's
 fp32 path hands that to MKL, which on some CPUs runs it on a single core: on this project's
 2-core AMD EPYC it reads the weights at 11.5 GB/s with 1 thread or 2, a third of the
-machine's bandwidth (docs/benchmarks.md, "CPU weight formats"). The same weight viewed as
+machine's bandwidth (docs/cpu-inference.md, "row blocks"). The same weight viewed as
 `blocks` blocks of rows (a view, no copy) through one batched matmul runs the blocks on
 the cores at once, 1.6-2x faster there, and every output is the same dot product computed
 by the same kernel.
@@ -65,8 +65,8 @@ def _exact(module, split, trials=2) -> bool:
 
 def plan(modules, threads=None):
     """{id(module): RowBlocks} for the fp32 Linear layers (no bias, at least ALIGN rows a
-    block) whose one-row products the blocks compute exactly here; {} on one thread. Each (shape, blocks) is checked once, on the
-    first module of that shape."""
+    block) whose one-row products the blocks compute exactly here; {} on one thread. Each
+    shape is checked once, on the first module of that shape."""
     threads = torch.get_num_threads() if threads is None else threads
     if threads < 2:
         return {}
